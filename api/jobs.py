@@ -1,0 +1,140 @@
+"""The job endpoints: submit a job, read one job's status, list recent status changes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from api import validation
+from api.auth import require_api_key
+from api.body import request_body
+from api.envelope import reply
+from api.errors import ApiError
+from api.services import services
+from api.submission import QueueFullError, enqueue
+from shared.job import TASK_RUNNER
+from shared.status import Status, from_rq
+from worker import registry
+
+bp = Blueprint("jobs", __name__)
+bp.before_request(require_api_key)
+
+
+@bp.post("/v1/toolkit/jobs/status")
+def jobs_status() -> Response:
+    """Return {job_id: status} for every job whose state changed in the last since_seconds."""
+    svc = services()
+    since = validation.since_seconds(request_body(), svc.settings.retention_seconds)
+    try:
+        window = svc.index.window(since, svc.settings.queue_name)
+    except RedisError as exc:
+        raise ApiError(500, f"Failed to retrieve job statuses: {exc}", queue_length=None) from exc
+    response = {job_id: status.value for job_id, status in window.statuses.items()}
+    return reply(200, "success", response=response, queue_length=window.queue_length)
+
+
+@bp.post("/v1/toolkit/job/status")
+def job_status() -> Response:
+    """Return one job's status, timestamps, progress and result or error."""
+    svc = services()
+    job_id = validation.job_id(request_body())
+    try:
+        job = svc.job_class.fetch(job_id, connection=svc.redis)
+    except NoSuchJobError:
+        raise ApiError(404, "Job not found", job_id=job_id) from None
+    return reply(200, "success", job_id=job_id, response=describe(job))
+
+
+@bp.post("/v1/toolkit/jobs")
+def submit() -> Response:
+    """Enqueue a registered task, unless the queue is at its limit (then 429)."""
+    svc = services()
+    body = request_body()
+    wanted = validation.submission(body)
+    try:
+        task = registry.get(wanted.task)
+        payload = task.validate(wanted.payload)
+    except (registry.UnknownTaskError, registry.InvalidPayloadError) as exc:
+        raise ApiError(400, str(exc)) from None
+
+    limit = svc.settings.max_queue_length
+    max_queue_length: int | str = limit or "unlimited"
+    retention = svc.settings.retention_seconds
+    job = svc.queue.create_job(
+        TASK_RUNNER,
+        args=(task.name, payload),
+        timeout=svc.settings.job_timeout,
+        result_ttl=retention,
+        failure_ttl=retention,
+        description=f"{task.name} task",
+        meta=_meta(task.name, body.get("id"), wanted.webhook_url),
+    )
+    try:
+        queue_length = enqueue(svc.queue, job, limit)
+    except QueueFullError as full:
+        raise ApiError(
+            429,
+            f"MAX_QUEUE_LENGTH ({limit}) reached",
+            headers={"Retry-After": str(svc.settings.retry_after_seconds)},
+            queue_length=full.length,
+            max_queue_length=max_queue_length,
+        ) from None
+    return reply(
+        202,
+        "processing",
+        job_id=job.id,
+        response={"job_id": job.id, "task": task.name, "job_status": Status.QUEUED.value},
+        queue_length=queue_length,
+        max_queue_length=max_queue_length,
+    )
+
+
+def describe(job: Job) -> dict[str, Any]:
+    """Return the public description of `job`."""
+    rq_status = job.get_status(refresh=False) or JobStatus.QUEUED
+    status = from_rq(rq_status)
+    meta = job.meta or {}
+    described: dict[str, Any] = {
+        "job_id": job.id,
+        "job_status": status.value,
+        "queue": job.origin,
+        "task": meta.get("task"),
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "ended_at": _iso(job.ended_at),
+        "progress": 100 if status is Status.DONE else meta.get("progress", 0),
+    }
+    if status is Status.DONE:
+        described["result"] = job.return_value()
+    if status is Status.FAILED:
+        described["error"] = _error_of(job)
+    return described
+
+
+def _meta(task: str, client_id: Any, webhook_url: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"task": task, "progress": 0}
+    if client_id is not None:
+        meta["client_id"] = client_id
+    if webhook_url is not None:
+        meta["webhook_url"] = webhook_url
+    return meta
+
+
+def _error_of(job: Job) -> str | None:
+    result = job.latest_result()
+    text = result.exc_string if result is not None else None
+    if not text:
+        return None
+    # The last line of a traceback names the exception and its message.
+    return str(text).strip().splitlines()[-1]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

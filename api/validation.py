@@ -1,0 +1,126 @@
+"""Pure validation of request bodies: each function returns clean values or raises ApiError."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from api.errors import ApiError
+
+DEFAULT_SINCE_SECONDS = 600
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+TASK_NAME_MAX = 100
+WEBHOOK_URL_MAX = 2048
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Return the JSON object in `raw`; an empty body is `{}`."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError(400, "Request body is not valid UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {_short(exc)}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"Request body must be a JSON object, not {_json_type(body)}")
+    return body
+
+
+def since_seconds(body: dict[str, Any], retention_seconds: int) -> float:
+    """Return the window length from `body`, defaulting to 600 seconds."""
+    if "since_seconds" not in body:
+        return DEFAULT_SINCE_SECONDS
+    value = body["since_seconds"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, f"since_seconds must be a number, not {_json_type(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, "since_seconds must be a finite number")
+    if value < 0:
+        raise ApiError(400, "since_seconds must be >= 0")
+    if value > retention_seconds:
+        raise ApiError(
+            400,
+            f"since_seconds must be at most {retention_seconds} (the index keeps job states "
+            f"for {retention_seconds} seconds)",
+        )
+    return float(value)
+
+
+def job_id(body: dict[str, Any]) -> str:
+    """Return a well-formed job id from `body` (RQ's rule: [A-Za-z0-9_-], 1 to 128 chars)."""
+    if "job_id" not in body:
+        raise ApiError(400, "job_id is required")
+    value = body["job_id"]
+    if not isinstance(value, str):
+        raise ApiError(400, f"job_id must be a string, not {_json_type(value)}")
+    if not JOB_ID_RE.match(value):
+        raise ApiError(400, "job_id must be 1 to 128 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A well-formed job submission (the task name is not yet checked against the registry)."""
+
+    task: str
+    payload: dict[str, Any]
+    webhook_url: str | None
+
+
+def submission(body: dict[str, Any]) -> Submission:
+    """Return the task, payload and webhook URL of a submission body."""
+    task = body.get("task")
+    if not isinstance(task, str) or not task:
+        raise ApiError(400, "task is required and must be a string")
+    if len(task) > TASK_NAME_MAX:
+        raise ApiError(400, f"task must be at most {TASK_NAME_MAX} characters")
+    payload = body.get("payload", {})
+    if not isinstance(payload, dict):
+        raise ApiError(400, f"payload must be a JSON object, not {_json_type(payload)}")
+    url = body.get("webhook_url")
+    if url is not None:
+        url = webhook_url(url)
+    return Submission(task=task, payload=payload, webhook_url=url)
+
+
+def webhook_url(value: Any) -> str:
+    """Return `value` if it is an absolute http(s) URL with a host."""
+    if not isinstance(value, str):
+        raise ApiError(400, f"webhook_url must be a string, not {_json_type(value)}")
+    if len(value) > WEBHOOK_URL_MAX:
+        raise ApiError(400, f"webhook_url must be at most {WEBHOOK_URL_MAX} characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ApiError(400, "webhook_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(400, "webhook_url must be an http:// or https:// URL with a host")
+    if any(ch.isspace() for ch in value):
+        raise ApiError(400, "webhook_url must not contain white space")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a number"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

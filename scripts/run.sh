@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make run`: the API and one worker in the foreground; a private redis-server (AOF on, data in
+# .data/) when REDIS_URL is unset. Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+pids=()
+
+stop_all() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop_all INT TERM EXIT
+
+if [ -z "${REDIS_URL:-}" ]; then
+  bash scripts/ensure-redis.sh
+  data="$PWD/.data"
+  mkdir -p "$data"
+  sock="$data/redis.sock"
+  redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 --dir "$data" \
+    --appendonly yes --appendfsync everysec --save "" --daemonize no \
+    --logfile "$data/redis.log" &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    redis-cli -s "$sock" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  redis-cli -s "$sock" ping >/dev/null || { echo "redis-server did not start; see $data/redis.log" >&2; exit 1; }
+  export REDIS_URL="unix://$sock"
+  echo "private redis-server: $REDIS_URL (AOF in $data)"
+fi
+
+if [ -z "${API_KEY:-}" ]; then
+  API_KEY=$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(24))')
+  export API_KEY
+  echo "generated API_KEY (set API_KEY to choose your own)"
+fi
+export PORT="${PORT:-8080}"
+
+"$BIN/gunicorn" 'api:create_app()' &
+pids+=($!)
+"$BIN/python" -m worker &
+pids+=($!)
+
+cat <<MSG
+
+toolkit-jobs is running
+  API:      http://127.0.0.1:$PORT
+  API key:  $API_KEY
+  try:      curl -s -X POST http://127.0.0.1:$PORT/v1/toolkit/jobs/status -H "x-api-key: $API_KEY"
+Press Ctrl-C to stop.
+
+MSG
+# Stop everything as soon as any one process exits.
+wait -n "${pids[@]}"

@@ -1,0 +1,1 @@
+"""What both the API and the workers need: settings, Redis, key names, the status index."""

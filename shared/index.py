@@ -1,0 +1,156 @@
+"""The status index: one sorted set per status, each job in exactly one, scored by Redis time.
+
+Layout (see docs/index-layout.md): `tkj:index:<status>` holds job ids scored by the Redis
+server time of their latest state change, in integer microseconds. `tkj:registry` is the
+marker hash whose absence means "no job registry here".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+from rq.job import JobStatus
+
+from shared import keys
+from shared.exceptions import RegistryNotFoundError
+from shared.status import Status, from_rq
+
+STATUSES = list(Status)
+MICROS = 1_000_000
+# How many expired entries one trim step removes: small enough never to block Redis.
+TRIM_BATCH = 500
+
+# Record one state change. Guarantees, atomically: RQ's own `status` field in the job hash,
+# the job's single entry in the index (moved out of every other status set), and the registry
+# marker all change together, scored by this Redis server's clock, never the caller's. It also
+# trims a bounded batch of expired entries from the set it writes to, so retention needs no scan.
+# KEYS: job hash, registry marker, the index sets in Status order.
+# ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch.
+RECORD_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local target = tonumber(ARGV[3]) + 2
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+for i = 3, #KEYS do
+  if i ~= target then redis.call('ZREM', KEYS[i], ARGV[1]) end
+end
+redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1])
+local cutoff = string.format('%.0f', now - tonumber(ARGV[4]) * 1000000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[target], '-inf', '(' .. cutoff,
+                           'LIMIT', 0, tonumber(ARGV[6]))
+if #expired > 0 then redis.call('ZREM', KEYS[target], unpack(expired)) end
+redis.call('HSET', KEYS[2], 'schema', ARGV[5])
+return now
+"""
+
+# Read the window in one round trip, against one consistent snapshot and Redis's own clock.
+# KEYS: registry marker, RQ queue list, the index sets in Status order. ARGV: window (µs).
+# Returns {marker present (0/1), queue length, ids per status...}.
+WINDOW_LUA = """
+local llen = redis.call('LLEN', KEYS[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, llen} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local low = string.format('%.0f', now - tonumber(ARGV[1]))
+local out = {1, llen}
+for i = 3, #KEYS do
+  out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[i], low, '+inf')
+end
+return out
+"""
+
+# Remove up to ARGV[2] entries older than the retention ARGV[1] (s) from the set KEYS[1];
+# return how many went. Bounded work per call keeps Redis responsive on any index size.
+TRIM_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cutoff = string.format('%.0f', now - tonumber(ARGV[1]) * 1000000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff,
+                           'LIMIT', 0, tonumber(ARGV[2]))
+if #expired > 0 then redis.call('ZREM', KEYS[1], unpack(expired)) end
+return #expired
+"""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The jobs whose latest state change falls inside a window, and the queue length then."""
+
+    statuses: dict[str, Status]
+    queue_length: int
+
+
+class StatusIndex:
+    """Read and write the status index through its Lua scripts, on one Redis connection."""
+
+    def __init__(self, connection: Redis, retention_seconds: int) -> None:
+        self.connection = connection
+        self.retention_seconds = retention_seconds
+        self._record = connection.register_script(RECORD_LUA)
+        self._window = connection.register_script(WINDOW_LUA)
+        self._trim = connection.register_script(TRIM_LUA)
+        self._index_keys = keys.status_index_keys()
+
+    def record(
+        self, job_id: str, rq_status: JobStatus, client: Redis | Pipeline | None = None
+    ) -> Any:
+        """Record that `job_id` now has `rq_status`, on `client` (a pipeline joins its MULTI)."""
+        status = from_rq(rq_status)
+        script_keys = [keys.rq_job_key(job_id), keys.registry_key(), *self._index_keys]
+        args = [
+            job_id,
+            JobStatus(rq_status).value,
+            STATUSES.index(status) + 1,
+            self.retention_seconds,
+            keys.SCHEMA_VERSION,
+            TRIM_BATCH,
+        ]
+        if isinstance(client, Pipeline):
+            # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per
+            # pipeline on a registered script, and a NOSCRIPT error inside MULTI (after a Redis
+            # restart) would let RQ's half of the transaction commit without ours.
+            return client.eval(RECORD_LUA, len(script_keys), *script_keys, *args)
+        return self._record(keys=script_keys, args=args, client=client or self.connection)
+
+    def window(self, since_seconds: float, queue_name: str) -> Window:
+        """Return the jobs whose state changed in the last `since_seconds`, by Redis time."""
+        reply = self._window(
+            keys=[keys.registry_key(), keys.rq_queue_key(queue_name), *self._index_keys],
+            args=[int(since_seconds * MICROS)],
+        )
+        if not reply[0]:
+            raise RegistryNotFoundError("Jobs directory not found")
+        statuses: dict[str, Status] = {}
+        for status, ids in zip(STATUSES, reply[2:], strict=True):
+            for job_id in ids:
+                statuses[job_id.decode()] = status
+        return Window(statuses=statuses, queue_length=int(reply[1]))
+
+    def mark_registry(self) -> None:
+        """Write the registry marker with the schema version."""
+        self.connection.hset(keys.registry_key(), "schema", keys.SCHEMA_VERSION)
+
+    def trim_expired(self, max_batches: int = 100) -> int:
+        """Remove entries older than the retention in bounded batches; return how many went."""
+        removed = 0
+        for key in self._index_keys:
+            for _ in range(max_batches):
+                count = int(self._trim(keys=[key], args=[self.retention_seconds, TRIM_BATCH]))
+                removed += count
+                if count < TRIM_BATCH:
+                    break
+        return removed
+
+    def score_of(self, job_id: str) -> tuple[Status, int] | None:
+        """Return the indexed status of `job_id` and its score (µs of Redis time), if any."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for key in self._index_keys:
+                pipe.zscore(key, job_id)
+            scores = pipe.execute()
+        for status, score in zip(STATUSES, scores, strict=True):
+            if score is not None:
+                return status, int(score)
+        return None

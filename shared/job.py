@@ -1,0 +1,45 @@
+"""The RQ job class both sides use: every status RQ writes is recorded in the index too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.client import Pipeline
+from rq.job import Job, JobStatus
+
+from shared.index import StatusIndex
+
+# The one function a job of this service may name. Clients pick a registered task by name;
+# the runner looks the name up, so no import path ever travels from a client to a worker.
+TASK_RUNNER = "worker.registry.run_task"
+
+
+class UnregisteredFunctionError(Exception):
+    """A job names a function other than the task runner."""
+
+
+def tracked_job_class(index: StatusIndex) -> type[Job]:
+    """Return an RQ Job class that records every status change of its jobs in `index`."""
+
+    class TrackedJob(Job):
+        """An RQ job whose status writes also move its entry in the status index, atomically."""
+
+        def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
+            # The record script writes RQ's own `status` field too, so the index can never
+            # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
+            self._status = JobStatus(status)
+            index.record(self.id, self._status, client=pipeline or self.connection)
+
+        def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
+            super().prepare_for_execution(worker_name, pipeline)
+            index.record(self.id, JobStatus.STARTED, client=pipeline)
+
+        @property
+        def func(self) -> Any:
+            if self.func_name != TASK_RUNNER:
+                raise UnregisteredFunctionError(
+                    f"job {self.id} names {self.func_name!r}, not the task runner"
+                )
+            return super().func
+
+    return TrackedJob

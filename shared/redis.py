@@ -1,0 +1,25 @@
+"""The Redis connection, built from settings and passed explicitly to whoever needs it."""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
+
+from shared.settings import Settings
+
+
+def connect(settings: Settings) -> Redis:
+    """Return a Redis client whose every call gives up within a bounded time."""
+    # One quick retry absorbs a dropped idle connection; more would only stretch how long a
+    # caller waits while Redis is really down. RQ workers add their own backoff on top.
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1),
+        retry_on_error=[ConnectionError, TimeoutError],
+    )

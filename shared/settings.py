@@ -1,0 +1,148 @@
+"""Typed settings, read from the environment in one place and validated at start."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from shared.exceptions import ConfigError
+
+T = TypeVar("T")
+
+DAY = 24 * 60 * 60
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+WorkerClass = Literal["fork", "simple"]
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def cast(raw: str) -> int:
+        value = int(raw.strip())
+        if value < lo or (hi is not None and value > hi):
+            upper = f" and <= {hi}" if hi is not None else ""
+            raise ValueError(f"must be an integer >= {lo}{upper}")
+        return value
+
+    return cast
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def cast(raw: str) -> float:
+        value = float(raw.strip())
+        if not lo <= value <= hi:
+            raise ValueError(f"must be a number between {lo} and {hi}")
+        return value
+
+    return cast
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def _queue_name(raw: str) -> str:
+    if not QUEUE_NAME_RE.match(raw):
+        raise ValueError("must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    return raw
+
+
+def _worker_class(raw: str) -> WorkerClass:
+    if raw == "fork":
+        return "fork"
+    if raw == "simple":
+        return "simple"
+    raise ValueError("must be 'fork' or 'simple'")
+
+
+def _modules(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for name in names:
+        if not MODULE_RE.match(name):
+            raise ValueError(f"{name!r} is not a dotted module name")
+    return names
+
+
+def _api_key(raw: str) -> str:
+    if len(raw) < 8:
+        raise ValueError("must be at least 8 characters")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; build it with `Settings.from_env()`."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    api_key: str | None = None
+    max_queue_length: int = 0
+    retention_seconds: int = 7 * DAY
+    port: int = 8080
+    queue_name: str = "default"
+    worker_class: WorkerClass = "fork"
+    task_modules: tuple[str, ...] = ()
+    max_request_bytes: int = 1024 * 1024
+    redis_timeout: float = 2.0
+    job_timeout: int = 3660
+    maintenance_interval: int = 60
+    retry_after_seconds: int = 5
+    build_number: str = "0.1.0"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Return settings cast and validated from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def read(name: str, cast: Callable[[str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return cast(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+
+        return cls(
+            redis_url=read("REDIS_URL", _redis_url, defaults.redis_url),
+            api_key=read("API_KEY", _api_key, None),
+            max_queue_length=read("MAX_QUEUE_LENGTH", _int(0), defaults.max_queue_length),
+            retention_seconds=read(
+                "JOB_RETENTION_SECONDS", _int(60, 365 * DAY), defaults.retention_seconds
+            ),
+            port=read("PORT", _int(1, 65535), defaults.port),
+            queue_name=read("QUEUE_NAME", _queue_name, defaults.queue_name),
+            worker_class=read("WORKER_CLASS", _worker_class, defaults.worker_class),
+            task_modules=read("TASK_MODULES", _modules, defaults.task_modules),
+            max_request_bytes=read(
+                "MAX_REQUEST_BYTES", _int(1024, 64 * 1024 * 1024), defaults.max_request_bytes
+            ),
+            redis_timeout=read("REDIS_TIMEOUT", _float(0.1, 60), defaults.redis_timeout),
+            job_timeout=read("JOB_TIMEOUT", _int(1, 7 * DAY), defaults.job_timeout),
+            maintenance_interval=read(
+                "MAINTENANCE_INTERVAL", _int(1, DAY), defaults.maintenance_interval
+            ),
+            retry_after_seconds=read(
+                "RETRY_AFTER_SECONDS", _int(1, 3600), defaults.retry_after_seconds
+            ),
+            build_number=read("BUILD_NUMBER", str, defaults.build_number),
+            log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
+        )
+
+    def require_api_key(self) -> str:
+        """Return the API key, or raise ConfigError when none is configured."""
+        if not self.api_key:
+            raise ConfigError("API_KEY is not set: the API refuses to start without a key")
+        return self.api_key

@@ -1,0 +1,1 @@
+"""RQ workers that run registered tasks and record every job state change in the index."""

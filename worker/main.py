@@ -1,0 +1,82 @@
+"""Build and run the RQ worker from settings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import ConnectionError, TimeoutError
+from rq import Queue, SimpleWorker, Worker
+
+from shared.index import StatusIndex
+from shared.job import tracked_job_class
+from shared.redis import connect
+from shared.settings import Settings
+from worker import registry
+
+logger = logging.getLogger(__name__)
+
+MAX_STARTUP_WAIT = 30.0
+
+
+class TrackedWorker(Worker):
+    """RQ's forking worker, which also trims expired index entries during RQ's maintenance."""
+
+    index: StatusIndex
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        removed = self.index.trim_expired()
+        if removed:
+            logger.info("trimmed %d expired index entries", removed)
+
+
+class TrackedSimpleWorker(TrackedWorker, SimpleWorker):
+    """RQ's in-process worker, with the same index maintenance."""
+
+
+def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -> None:
+    """Ping Redis until it answers, backing off, so a worker can start before Redis does."""
+    delay, deadline = 0.5, time.monotonic() + give_up_after
+    while True:
+        try:
+            connection.ping()
+            return
+        except (ConnectionError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("Redis not reachable (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> TrackedWorker:
+    """Return a worker of the configured class on the configured queue, recording into the index."""
+    registry.load(settings.task_modules)
+    index = StatusIndex(connection, settings.retention_seconds)
+    job_class = tracked_job_class(index)
+    queue = Queue(settings.queue_name, connection=connection, job_class=job_class)
+    worker_class = TrackedWorker if settings.worker_class == "fork" else TrackedSimpleWorker
+    worker = worker_class(
+        [queue],
+        connection=connection,
+        job_class=job_class,
+        maintenance_interval=settings.maintenance_interval,
+        **kwargs,
+    )
+    worker.index = index
+    return worker
+
+
+def run(settings: Settings) -> bool:
+    """Run a worker until it is told to stop; return whether it worked any job (burst mode)."""
+    connection = connect(settings)
+    wait_for_redis(connection)
+    worker = build_worker(settings, connection)
+    worker.index.mark_registry()
+    logger.info(
+        "worker %s (%s) on queue %r", worker.name, settings.worker_class, settings.queue_name
+    )
+    return bool(worker.work(logging_level=settings.log_level))
