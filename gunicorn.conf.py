@@ -24,3 +24,6 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = None
+# gunicorn 25.1+ opens a control socket at one fixed per-user path; several instances on one
+# host (two APIs, tests) would fight over it, and nothing here uses it.
+control_socket_disable = True

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from redis.client import Pipeline
 from rq.job import Job, JobStatus
 
 from shared.index import StatusIndex
+from shared.status import from_rq
+
+logger = logging.getLogger(__name__)
 
 # The one function a job of this service may name. Clients pick a registered task by name;
 # the runner looks the name up, so no import path ever travels from a client to a worker.
@@ -29,10 +33,12 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
             # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
             self._status = JobStatus(status)
             index.record(self.id, self._status, client=pipeline or self.connection)
+            _log_transition(self, self._status)
 
         def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
             super().prepare_for_execution(worker_name, pipeline)
             index.record(self.id, JobStatus.STARTED, client=pipeline)
+            _log_transition(self, JobStatus.STARTED)
 
         @property
         def func(self) -> Any:
@@ -43,3 +49,8 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
             return super().func
 
     return TrackedJob
+
+
+def _log_transition(job: Job, status: JobStatus) -> None:
+    task = (job.meta or {}).get("task")
+    logger.info("job %s (%s) -> %s", job.id, task, from_rq(status).value)

@@ -1,0 +1,157 @@
+"""POST /v1/toolkit/jobs/status: which jobs fall inside the window, by Redis time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq.job import JobStatus
+
+from api.services import EXTENSION
+from shared import keys
+from shared.index import StatusIndex
+from shared.status import Status
+from tests.api.helpers import (
+    JOB_STATUS,
+    JOBS,
+    JOBS_STATUS,
+    assert_envelope,
+    post,
+    queue_length,
+    redis_now_us,
+    submit,
+)
+from tests.support import AUTH, wait_until
+from worker.main import TrackedWorker
+
+SECOND = 1_000_000
+
+
+def plant(conn: redis.Redis, job_id: str, status: Status, seconds_ago: float) -> None:
+    """Put `job_id` in the index as if its state had changed `seconds_ago` by Redis time."""
+    score = redis_now_us(conn) - int(seconds_ago * SECOND)
+    conn.zadd(keys.status_index_key(status), {job_id: score})
+
+
+DEFAULT_WINDOW_REQUESTS: dict[str, dict[str, Any]] = {
+    "no body": {},
+    "empty body, JSON content type": {"data": b"", "content_type": "application/json"},
+    "empty body, no content type": {"data": b""},
+    "blank body": {"data": b" \n", "content_type": "application/json"},
+    "empty object": {"json": {}},
+}
+
+
+@pytest.mark.parametrize("kwargs", DEFAULT_WINDOW_REQUESTS.values(), ids=DEFAULT_WINDOW_REQUESTS)
+def test_missing_since_seconds_means_600(
+    client: FlaskClient, conn: redis.Redis, index: StatusIndex, kwargs: dict[str, Any]
+) -> None:
+    """Without since_seconds the window is the last 600 seconds, whatever the empty body."""
+    index.record("now", JobStatus.QUEUED)
+    plant(conn, "inside", Status.DONE, 590)
+    plant(conn, "outside", Status.DONE, 610)
+    body = assert_envelope(client.post(JOBS_STATUS, headers=AUTH, **kwargs), 200)
+    assert body["response"] == {"now": "queued", "inside": "done"}
+    assert body["message"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("since", "expected"),
+    [(5, {"recent"}), (60, {"recent", "older"}), (2.5, {"recent"}), (0.5, set())],
+)
+def test_since_seconds_integer_and_fractional(
+    client: FlaskClient, conn: redis.Redis, since: float, expected: set[str]
+) -> None:
+    """since_seconds, integer or fractional, bounds the window to that many seconds back."""
+    plant(conn, "recent", Status.RUNNING, 1)
+    plant(conn, "older", Status.RUNNING, 30)
+    body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": since}), 200)
+    assert set(body["response"]) == expected
+
+
+def test_reports_every_status(
+    app: Flask,
+    client: FlaskClient,
+    index: StatusIndex,
+    run_worker: Callable[..., TrackedWorker],
+) -> None:
+    """Each job appears once, with its latest status: queued, running, done, failed, canceled."""
+    done = submit(client, "echo", {"x": 1})
+    failed = submit(client, "fail", {"message": "boom"})
+    run_worker()
+    queued = submit(client, "echo")
+    canceled = submit(client, "echo")
+    job_class = app.extensions[EXTENSION].job_class
+    job_class.fetch(canceled, connection=index.connection).cancel()
+    index.record("running-job", JobStatus.STARTED)
+
+    body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 60}), 200)
+    assert body["response"] == {
+        queued: "queued",
+        "running-job": "running",
+        done: "done",
+        failed: "failed",
+        canceled: "canceled",
+    }
+    assert body["queue_length"] == 1
+
+
+def test_empty_window_is_an_empty_object(client: FlaskClient, conn: redis.Redis) -> None:
+    """With no state change inside the window the response is {}."""
+    assert assert_envelope(post(client, JOBS_STATUS), 200)["response"] == {}
+    plant(conn, "old", Status.DONE, 100)
+    body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 10}), 200)
+    assert body["response"] == {}
+
+
+def test_window_boundary_follows_redis_time(
+    client: FlaskClient, conn: redis.Redis, index: StatusIndex
+) -> None:
+    """A change older than since_seconds (by Redis time) is out; within it, in; 0 excludes it."""
+    index.record("edge", JobStatus.FINISHED)
+    found = index.score_of("edge")
+    assert found is not None
+    _, recorded = found
+    wait_until(lambda: redis_now_us(conn) - recorded > 300_000, timeout=5, interval=0.02)
+
+    shorter = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 0.2}), 200)
+    assert shorter["response"] == {}
+    longer = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 5}), 200)
+    assert longer["response"] == {"edge": "done"}
+    zero = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 0}), 200)
+    assert zero["response"] == {}
+
+
+def test_since_seconds_equal_to_retention_is_allowed(
+    make_app: Callable[..., Flask], conn: redis.Redis
+) -> None:
+    """since_seconds may reach the retention itself."""
+    client = make_app(retention_seconds=120).test_client()
+    plant(conn, "old", Status.FAILED, 100)
+    body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 120}), 200)
+    assert body["response"] == {"old": "failed"}
+
+
+def test_queue_length_is_reported(client: FlaskClient, conn: redis.Redis) -> None:
+    """The envelope's queue_length is the number of jobs waiting in the queue."""
+    submit(client)
+    submit(client)
+    body = assert_envelope(post(client, JOBS_STATUS), 200)
+    assert body["queue_length"] == queue_length(conn) == 2
+    assert len(body["response"]) == 2
+
+
+def test_not_refused_when_the_queue_is_full(
+    make_app: Callable[..., Flask], conn: redis.Redis
+) -> None:
+    """Status queries are answered while the queue is at MAX_QUEUE_LENGTH."""
+    client = make_app(max_queue_length=1).test_client()
+    waiting = submit(client)
+    assert_envelope(post(client, JOBS, {"task": "echo"}), 429)
+    body = assert_envelope(post(client, JOBS_STATUS), 200)
+    assert body["response"] == {waiting: "queued"}
+    assert_envelope(post(client, JOB_STATUS, {"job_id": waiting}), 200)
