@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 from api.errors import ApiError
 
 DEFAULT_SINCE_SECONDS = 600
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Deeper documents are refused: RQ pickles payloads recursively, and no real payload nests so.
+MAX_JSON_DEPTH = 64
 TASK_NAME_MAX = 100
 WEBHOOK_URL_MAX = 2048
 
@@ -22,14 +24,34 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "Request body is not valid UTF-8") from None
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"Request body is not valid JSON: {_short(exc)}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"Request body must be a JSON object, not {_json_type(body)}")
+    if _nesting_depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"Request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON: echoing them back would break strict clients' parsers.
+    raise ValueError(f"{name} is not a valid JSON value")
+
+
+def _nesting_depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def since_seconds(body: dict[str, Any], retention_seconds: int) -> float:
@@ -59,7 +81,7 @@ def job_id(body: dict[str, Any]) -> str:
     value = body["job_id"]
     if not isinstance(value, str):
         raise ApiError(400, f"job_id must be a string, not {_json_type(value)}")
-    if not JOB_ID_RE.match(value):
+    if not JOB_ID_RE.fullmatch(value):
         raise ApiError(400, "job_id must be 1 to 128 characters of A-Z a-z 0-9 _ -")
     return value
 

@@ -39,7 +39,7 @@ def assert_envelope(resp: TestResponse, code: int, queue_id: str = "default") ->
     text = resp.get_data(as_text=True)
     assert resp.status_code == code, text
     assert resp.mimetype == "application/json", resp.content_type
-    body = json.loads(text)
+    body = json.loads(text, parse_constant=_reject_constant)
     assert isinstance(body, dict), text
     missing = [field for field in ENVELOPE_FIELDS if field not in body]
     assert not missing, f"envelope lacks {missing}: {text}"
@@ -49,9 +49,9 @@ def assert_envelope(resp: TestResponse, code: int, queue_id: str = "default") ->
         value = body[field]
         assert isinstance(value, int | float) and not isinstance(value, bool), (field, value)
         assert math.isfinite(value) and value >= 0, (field, value)
-    assert math.isclose(
-        body["total_time"], body["run_time"] + body["queue_time"], abs_tol=2e-4
-    ), body
+    assert math.isclose(body["total_time"], body["run_time"] + body["queue_time"], abs_tol=2e-4), (
+        body
+    )
     # The test client runs the app in this very process.
     assert body["pid"] == os.getpid()
     assert body["queue_id"] == queue_id
@@ -60,6 +60,10 @@ def assert_envelope(resp: TestResponse, code: int, queue_id: str = "default") ->
     assert isinstance(body["build_number"], str) and body["build_number"]
     assert body["job_id"] is None or isinstance(body["job_id"], str)
     return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise AssertionError(f"the response is not strict JSON: it contains {name}")
 
 
 def post(client: FlaskClient, path: str, body: Any = None, **kwargs: Any) -> TestResponse:

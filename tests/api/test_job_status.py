@@ -40,7 +40,7 @@ def describe(client: FlaskClient, job_id: str) -> dict[str, Any]:
     assert body["job_id"] == job_id
     assert body["message"] == "success"
     response: dict[str, Any] = body["response"]
-    assert DESCRIPTION_FIELDS <= response.keys(), response
+    assert response.keys() >= DESCRIPTION_FIELDS, response
     assert response["job_id"] == job_id
     assert response["queue"] == "default"
     return response
