@@ -40,6 +40,20 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
             index.record(self.id, JobStatus.STARTED, client=pipeline)
             _log_transition(self, JobStatus.STARTED)
 
+        # Callbacks would be another way to name a function; the service never sets them, and
+        # a job that does (written straight into Redis) gets none run.
+        @property
+        def success_callback(self) -> Any:
+            return _refuse_callback(self, self._success_callback_name)
+
+        @property
+        def failure_callback(self) -> Any:
+            return _refuse_callback(self, self._failure_callback_name)
+
+        @property
+        def stopped_callback(self) -> Any:
+            return _refuse_callback(self, self._stopped_callback_name)
+
         @property
         def func(self) -> Any:
             if self.func_name != TASK_RUNNER:
@@ -54,3 +68,8 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
 def _log_transition(job: Job, status: JobStatus) -> None:
     task = (job.meta or {}).get("task")
     logger.info("job %s (%s) -> %s", job.id, task, from_rq(status).value)
+
+
+def _refuse_callback(job: Job, name: str | None) -> None:
+    if name:
+        logger.warning("job %s names callback %r; callbacks are not run", job.id, name)

@@ -16,6 +16,8 @@ DAY = 24 * 60 * 60
 QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 WorkerClass = Literal["fork", "simple"]
+# Their values may hold a password: an error names them but never repeats the value.
+SECRET_VARIABLES = frozenset({"API_KEY", "REDIS_URL"})
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -113,7 +115,8 @@ class Settings:
             try:
                 return cast(raw)
             except ValueError as exc:
-                raise ConfigError(f"{name}={raw!r} is invalid: {exc}") from None
+                shown = "" if name in SECRET_VARIABLES else f"={raw!r}"
+                raise ConfigError(f"{name}{shown} is invalid: {exc}") from None
 
         return cls(
             redis_url=read("REDIS_URL", _redis_url, defaults.redis_url),

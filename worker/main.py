@@ -9,6 +9,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ConnectionError, TimeoutError
 from rq import Queue, SimpleWorker, Worker
+from rq.worker import BaseWorker
 
 from shared.index import StatusIndex
 from shared.job import tracked_job_class
@@ -21,8 +22,8 @@ logger = logging.getLogger(__name__)
 MAX_STARTUP_WAIT = 30.0
 
 
-class TrackedWorker(Worker):
-    """RQ's forking worker, which also trims expired index entries during RQ's maintenance."""
+class IndexMaintenance(BaseWorker):
+    """Trim expired index entries whenever RQ runs its own maintenance."""
 
     index: StatusIndex
 
@@ -33,8 +34,14 @@ class TrackedWorker(Worker):
             logger.info("trimmed %d expired index entries", removed)
 
 
-class TrackedSimpleWorker(TrackedWorker, SimpleWorker):
-    """RQ's in-process worker, with the same index maintenance."""
+# The mixin comes first so that its maintenance wraps RQ's; everything else (forking a
+# work-horse or not) comes from the RQ class named second.
+class TrackedWorker(IndexMaintenance, Worker):
+    """RQ's forking worker, plus index maintenance."""
+
+
+class TrackedSimpleWorker(IndexMaintenance, SimpleWorker):
+    """RQ's in-process worker, plus index maintenance."""
 
 
 def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -> None:
@@ -52,7 +59,7 @@ def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -
             delay = min(delay * 2, 5.0)
 
 
-def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> TrackedWorker:
+def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> IndexMaintenance:
     """Return a worker of the configured class on the configured queue, recording into the index."""
     registry.load(settings.task_modules)
     index = StatusIndex(connection, settings.retention_seconds)

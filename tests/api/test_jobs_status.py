@@ -26,7 +26,7 @@ from tests.api.helpers import (
     submit,
 )
 from tests.support import AUTH, wait_until
-from worker.main import TrackedWorker
+from worker.main import IndexMaintenance
 
 SECOND = 1_000_000
 
@@ -77,7 +77,7 @@ def test_reports_every_status(
     app: Flask,
     client: FlaskClient,
     index: StatusIndex,
-    run_worker: Callable[..., TrackedWorker],
+    run_worker: Callable[..., IndexMaintenance],
 ) -> None:
     """Each job appears once, with its latest status: queued, running, done, failed, canceled."""
     done = submit(client, "echo", {"x": 1})

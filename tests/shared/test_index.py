@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from rq.job import JobStatus
 
 from shared import keys
-from shared.index import StatusIndex
+from shared.exceptions import RegistryNotFoundError
+from shared.index import TRIM_BATCH, StatusIndex
 from shared.status import Status
 
 
@@ -38,3 +40,117 @@ def test_score_is_redis_server_time(conn: redis.Redis, index: StatusIndex) -> No
     status, score = found
     assert status is Status.QUEUED
     assert before <= score <= after
+
+
+RETENTION = 60
+MINUTE_US = 60 * 1_000_000
+
+
+def test_trim_expired_removes_old_entries_from_every_set(conn: redis.Redis) -> None:
+    """trim_expired removes entries older than the retention from all sets and keeps the rest."""
+    index = StatusIndex(conn, RETENTION)
+    now = redis_now_us(conn)
+    for status in Status:
+        conn.zadd(
+            keys.status_index_key(status),
+            {f"ancient-{status}": 1, f"old-{status}": now - 2 * MINUTE_US, f"new-{status}": now},
+        )
+    assert index.trim_expired() == 2 * len(Status)
+    for status in Status:
+        members = {m.decode() for m in conn.zrange(keys.status_index_key(status), 0, -1)}
+        assert members == {f"new-{status}"}
+
+
+def test_trim_expired_keeps_entries_inside_the_retention(conn: redis.Redis) -> None:
+    """An entry a little younger than the retention stays; a little older goes."""
+    index = StatusIndex(conn, RETENTION)
+    now = redis_now_us(conn)
+    key = keys.status_index_key(Status.DONE)
+    conn.zadd(key, {"inside": now - (RETENTION - 5) * 1_000_000})
+    conn.zadd(key, {"outside": now - (RETENTION + 5) * 1_000_000})
+    assert index.trim_expired() == 1
+    assert conn.zscore(key, "inside") is not None
+    assert conn.zscore(key, "outside") is None
+
+
+def test_trim_expired_works_through_more_than_one_batch(conn: redis.Redis) -> None:
+    """trim_expired keeps removing bounded batches until no expired entry is left."""
+    index = StatusIndex(conn, RETENTION)
+    key = keys.status_index_key(Status.DONE)
+    count = 2 * TRIM_BATCH + 7
+    conn.zadd(key, {f"job-{i}": 1_000 + i for i in range(count)})
+    conn.zadd(key, {"fresh": redis_now_us(conn)})
+    assert index.trim_expired() == count
+    assert conn.zrange(key, 0, -1) == [b"fresh"]
+
+
+def test_trim_expired_is_bounded_by_max_batches(conn: redis.Redis) -> None:
+    """One trim_expired call removes at most max_batches batches per set, the rest later."""
+    index = StatusIndex(conn, RETENTION)
+    key = keys.status_index_key(Status.FAILED)
+    conn.zadd(key, {f"job-{i}": 1_000 + i for i in range(TRIM_BATCH + 3)})
+    assert index.trim_expired(max_batches=1) == TRIM_BATCH
+    assert conn.zcard(key) == 3
+    assert index.trim_expired(max_batches=1) == 3
+    assert conn.zcard(key) == 0
+
+
+def test_record_trims_a_bounded_batch_of_the_set_it_writes(conn: redis.Redis) -> None:
+    """A record removes up to one batch of expired entries from its target set only."""
+    index = StatusIndex(conn, RETENTION)
+    done = keys.status_index_key(Status.DONE)
+    failed = keys.status_index_key(Status.FAILED)
+    conn.zadd(done, {f"old-{i}": 1_000 + i for i in range(TRIM_BATCH + 2)})
+    conn.zadd(failed, {"old-failed": 1_000})
+    index.record("job-new", JobStatus.FINISHED)
+    assert conn.zcard(done) == 2 + 1
+    assert conn.zscore(done, "job-new") is not None
+    assert conn.zscore(failed, "old-failed") is not None
+    index.record("job-newer", JobStatus.FINISHED)
+    members = {m.decode() for m in conn.zrange(done, 0, -1)}
+    assert members == {"job-new", "job-newer"}
+
+
+def test_record_in_a_pipeline_joins_its_transaction(conn: redis.Redis) -> None:
+    """A record on a MULTI pipeline writes nothing until EXEC, and nothing if discarded."""
+    index = StatusIndex(conn, RETENTION)
+    with conn.pipeline() as pipe:
+        index.record("job-1", JobStatus.QUEUED, client=pipe)
+        assert index.score_of("job-1") is None
+        pipe.reset()
+    assert index.score_of("job-1") is None
+    assert not conn.exists(keys.rq_job_key("job-1"))
+    with conn.pipeline() as pipe:
+        pipe.set("other", "1")
+        index.record("job-1", JobStatus.QUEUED, client=pipe)
+        pipe.execute()
+    found = index.score_of("job-1")
+    assert found is not None and found[0] is Status.QUEUED
+    assert conn.hget(keys.rq_job_key("job-1"), "status") == b"queued"
+
+
+def test_score_of_unknown_job_is_none(index: StatusIndex) -> None:
+    """A job the index never saw has no entry."""
+    assert index.score_of("never-seen") is None
+
+
+def test_window_lists_recent_changes_with_their_status(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """window() returns the jobs changed within the window, with statuses and the queue length."""
+    index.record("job-done", JobStatus.FINISHED)
+    index.record("job-started", JobStatus.STARTED)
+    conn.zadd(keys.status_index_key(Status.FAILED), {"job-old": redis_now_us(conn) - MINUTE_US})
+    conn.rpush(keys.rq_queue_key("default"), "a", "b")
+    window = index.window(30, "default")
+    assert window.statuses == {"job-done": Status.DONE, "job-started": Status.RUNNING}
+    assert window.queue_length == 2
+    assert index.window(120, "default").statuses["job-old"] is Status.FAILED
+
+
+def test_window_without_registry_marker_raises(conn: redis.Redis, index: StatusIndex) -> None:
+    """window() raises RegistryNotFoundError when the marker is absent (new or flushed Redis)."""
+    with pytest.raises(RegistryNotFoundError):
+        index.window(600, "default")
+    index.mark_registry()
+    assert index.window(600, "default").statuses == {}

@@ -1,0 +1,65 @@
+"""Fixtures for worker tests: the tracked queue, a status observer, real worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+
+from shared.index import StatusIndex
+from shared.job import tracked_job_class
+from shared.settings import Settings
+from tests.support import Process, RedisServer, service_env, start_worker
+from tests.worker.helpers import Observed, kill_children
+from worker.main import IndexMaintenance, build_worker
+
+
+@pytest.fixture
+def job_class(index: StatusIndex) -> type[Job]:
+    """Return the service's tracked job class, recording into the test index."""
+    return tracked_job_class(index)
+
+
+@pytest.fixture
+def queue(conn: redis.Redis, settings: Settings, job_class: type[Job]) -> Queue:
+    """Return the service's queue, built with the tracked job class as the API builds it."""
+    return Queue(settings.queue_name, connection=conn, job_class=job_class)
+
+
+@pytest.fixture
+def observe(conn: redis.Redis, index: StatusIndex) -> Callable[[str], Observed]:
+    """Return a function giving a job's (indexed status, RQ's own status) right now."""
+
+    def look(job_id: str) -> Observed:
+        found = index.score_of(job_id)
+        rq_status = Job.fetch(job_id, connection=conn).get_status()
+        return (found[0] if found else None), rq_status
+
+    return look
+
+
+@pytest.fixture
+def make_worker(conn: redis.Redis, settings: Settings) -> Callable[[], IndexMaintenance]:
+    """Return a factory of in-process workers with the test settings, not yet working."""
+    return lambda: build_worker(settings, conn)
+
+
+@pytest.fixture
+def worker_process(redis_server: RedisServer) -> Iterator[Callable[..., Process]]:
+    """Return a starter of `python -m worker` processes, all stopped after the test."""
+    started: list[Process] = []
+
+    def start(**env: str) -> Process:
+        proc = start_worker(service_env(redis_server.url, **env), name="worker-test")
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            kill_children(proc)
+            proc.stop(timeout=5)

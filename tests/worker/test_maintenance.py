@@ -1,0 +1,27 @@
+"""A worker's periodic maintenance trims the status index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+
+from shared import keys
+from shared.status import Status
+from worker.main import IndexMaintenance
+
+
+def test_worker_maintenance_trims_expired_index_entries(
+    conn: redis.Redis, run_worker: Callable[..., IndexMaintenance]
+) -> None:
+    """A worker's maintenance removes index entries older than the retention from every set."""
+    seconds, _ = conn.time()
+    now = int(seconds) * 1_000_000
+    old = now - 2 * 60 * 1_000_000
+    for status in Status:
+        conn.zadd(keys.status_index_key(status), {f"old-{status}": old, f"new-{status}": now})
+    run_worker(retention_seconds=60)
+    for status in Status:
+        key = keys.status_index_key(status)
+        assert conn.zscore(key, f"old-{status}") is None, status
+        assert conn.zscore(key, f"new-{status}") is not None, status

@@ -1,0 +1,179 @@
+"""Only registered tasks run: the registry, TASK_MODULES, and the job class's function guard."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from rq import Queue
+from rq.job import Callback, Job, JobStatus
+
+from shared.job import TASK_RUNNER
+from shared.status import Status
+from tests.support import AUTH
+from tests.worker.helpers import Observed
+from worker import registry
+from worker.main import IndexMaintenance
+
+SAMPLE = "tests.sample_tasks"
+# Created by `forbidden` if a worker ever calls it. A file, not a list: the worker may run the
+# job in a forked work-horse, whose memory the test cannot see.
+CALLED: Path | None = None
+
+
+def forbidden(*args: Any) -> None:
+    """Leave a mark: a function no job of the service may run."""
+    assert CALLED is not None
+    CALLED.touch()
+
+
+@pytest.fixture
+def called(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Return the file `forbidden` creates when called (fresh per test)."""
+    marker = tmp_path / "forbidden-called"
+    monkeypatch.setattr(sys.modules[__name__], "CALLED", marker)
+    return marker
+
+
+def error_of(conn: redis.Redis, job_id: str) -> str:
+    """Return the exception text RQ stored for the job's latest run."""
+    result = Job.fetch(job_id, connection=conn).latest_result()
+    assert result is not None
+    return str(result.exc_string)
+
+
+@pytest.mark.parametrize(
+    "name", ["os.system", "__import__", "worker.tasks.echo", "run_task", "worker.registry.run_task"]
+)
+def test_get_refuses_names_that_are_not_registered_tasks(name: str) -> None:
+    """The registry finds only registered task names, never import paths or builtins."""
+    registry.load()
+    with pytest.raises(registry.UnknownTaskError, match="unknown task"):
+        registry.get(name)
+
+
+def test_builtin_tasks_are_registered() -> None:
+    """Loading the registry registers the built-in echo, sleep and fail tasks."""
+    registry.load()
+    assert {"echo", "sleep", "fail"} <= set(registry.names())
+
+
+def test_unregistered_task_name_fails_the_job(
+    called: Path,
+    queue: Queue,
+    conn: redis.Redis,
+    run_worker: Callable[..., IndexMaintenance],
+    observe: Callable[[str], Observed],
+) -> None:
+    """A job naming an unregistered task (even an import path) fails without running it."""
+    job = queue.enqueue(TASK_RUNNER, f"{__name__}.forbidden", {})
+    run_worker()
+    assert observe(job.id) == (Status.FAILED, JobStatus.FAILED)
+    assert "UnknownTaskError" in error_of(conn, job.id)
+    assert not called.exists()
+
+
+@pytest.mark.parametrize("func_name", ["os.getcwd", f"{__name__}.forbidden"])
+def test_job_naming_another_function_fails_without_calling_it(
+    called: Path,
+    func_name: str,
+    queue: Queue,
+    conn: redis.Redis,
+    run_worker: Callable[..., IndexMaintenance],
+    observe: Callable[[str], Observed],
+) -> None:
+    """A job in the queue naming any function but the task runner fails; the function never runs."""
+    job = queue.enqueue(func_name, "x")
+    run_worker()
+    assert observe(job.id) == (Status.FAILED, JobStatus.FAILED)
+    error = error_of(conn, job.id)
+    assert "UnregisteredFunctionError" in error
+    assert f"names {func_name!r}, not the task runner" in error
+    assert not called.exists()
+
+
+@pytest.mark.parametrize("hook", ["on_success", "on_failure"])
+def test_job_callbacks_naming_other_functions_never_run(
+    called: Path,
+    hook: str,
+    queue: Queue,
+    run_worker: Callable[..., IndexMaintenance],
+) -> None:
+    """A job's success or failure callback naming an arbitrary function is never called."""
+    task, payload = ("echo", {}) if hook == "on_success" else ("fail", {"message": "x"})
+    queue.enqueue(TASK_RUNNER, task, payload, **{hook: Callback(f"{__name__}.forbidden")})
+    run_worker()
+    assert not called.exists()
+
+
+def test_duplicate_registration_by_another_function_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registering a taken name with a different function raises ValueError; the first stays."""
+    registry.load()
+    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
+    original = registry.get("echo").func
+
+    def impostor(payload: registry.Payload) -> Any:
+        return "impostor"
+
+    with pytest.raises(ValueError, match="'echo' is already registered"):
+        registry.task("echo")(impostor)
+    assert registry.get("echo").func is original
+
+
+def test_reregistering_the_same_function_is_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering the same function under its own name again keeps one registration."""
+    registry.load()
+    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
+    echo = registry.get("echo").func
+    registry.task("echo")(echo)
+    assert registry.get("echo").func is echo
+    assert registry.names().count("echo") == 1
+
+
+def test_task_modules_register_user_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading TASK_MODULES imports the module, whose decorated tasks become registered."""
+    monkeypatch.setattr(registry, "_tasks", {})
+    already = sys.modules.pop(SAMPLE, None)
+    try:
+        registry.load()
+        assert "reverse" not in registry.names()
+        registry.load((SAMPLE,))
+        assert "reverse" in registry.names()
+    finally:
+        # Leave the module as found, so later loads register into the restored registry.
+        sys.modules.pop(SAMPLE, None)
+        if already is not None:
+            sys.modules[SAMPLE] = already
+
+
+def test_user_task_is_accepted_by_the_api_and_run_by_the_worker(
+    make_app: Callable[..., Flask],
+    run_worker: Callable[..., IndexMaintenance],
+    conn: redis.Redis,
+    observe: Callable[[str], Observed],
+) -> None:
+    """With TASK_MODULES set, the API accepts the user task and the worker runs it to done."""
+    client = make_app(task_modules=(SAMPLE,)).test_client()
+    bad = client.post("/v1/toolkit/jobs", json={"task": "reverse", "payload": {}}, headers=AUTH)
+    assert bad.status_code == 400
+    resp = client.post(
+        "/v1/toolkit/jobs", json={"task": "reverse", "payload": {"text": "abc"}}, headers=AUTH
+    )
+    assert resp.status_code == 202, resp.get_json()
+    job_id = resp.get_json()["job_id"]
+    run_worker(task_modules=(SAMPLE,))
+    assert observe(job_id) == (Status.DONE, JobStatus.FINISHED)
+    assert Job.fetch(job_id, connection=conn).return_value() == {"text": "cba"}
+
+
+def test_loading_an_absent_task_module_fails_loudly() -> None:
+    """A TASK_MODULES entry that cannot be imported raises at start, naming the module."""
+    with pytest.raises(ModuleNotFoundError, match="no_such_tasks_module"):
+        registry.load(("no_such_tasks_module",))
