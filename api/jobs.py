@@ -17,7 +17,7 @@ from api.envelope import reply
 from api.errors import ApiError
 from api.services import services
 from api.submission import QueueFullError, enqueue
-from shared.job import TASK_RUNNER
+from shared.job import TASK_RUNNER, log_transition
 from shared.status import Status, from_rq
 from worker import registry
 
@@ -84,6 +84,7 @@ def submit() -> Response:
             queue_length=full.length,
             max_queue_length=max_queue_length,
         ) from None
+    log_transition(job)
     return reply(
         202,
         "processing",

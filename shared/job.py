@@ -33,12 +33,10 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
             # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
             self._status = JobStatus(status)
             index.record(self.id, self._status, client=pipeline or self.connection)
-            _log_transition(self, self._status)
 
         def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
             super().prepare_for_execution(worker_name, pipeline)
             index.record(self.id, JobStatus.STARTED, client=pipeline)
-            _log_transition(self, JobStatus.STARTED)
 
         # Callbacks would be another way to name a function; the service never sets them, and
         # a job that does (written straight into Redis) gets none run.
@@ -65,11 +63,11 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
     return TrackedJob
 
 
-def _log_transition(job: Job, status: JobStatus) -> None:
-    task = (job.meta or {}).get("task")
-    logger.info("job %s (%s) -> %s", job.id, task, from_rq(status).value)
-
-
 def _refuse_callback(job: Job, name: str | None) -> None:
     if name:
         logger.warning("job %s names callback %r; callbacks are not run", job.id, name)
+
+
+def log_transition(job: Job) -> None:
+    """Log one line for the status `job` has just reached (call it once the change is written)."""
+    logger.info("job %s (%s) -> %s", job.id, (job.meta or {}).get("task"), from_rq(job._status))

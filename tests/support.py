@@ -177,7 +177,11 @@ def start_api(env: dict[str, str], port: int, workers: int = 2) -> Process:
         except OSError:
             return False
 
-    wait_until(healthy, timeout=30, interval=0.1)
+    try:
+        wait_until(healthy, timeout=30, interval=0.1)
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 

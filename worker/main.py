@@ -9,10 +9,11 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ConnectionError, TimeoutError
 from rq import Queue, SimpleWorker, Worker
+from rq.job import Job
 from rq.worker import BaseWorker
 
 from shared.index import StatusIndex
-from shared.job import tracked_job_class
+from shared.job import log_transition, tracked_job_class
 from shared.redis import connect
 from shared.settings import Settings
 from worker import registry
@@ -23,9 +24,21 @@ MAX_STARTUP_WAIT = 30.0
 
 
 class IndexMaintenance(BaseWorker):
-    """Trim expired index entries whenever RQ runs its own maintenance."""
+    """Trim expired index entries during RQ's maintenance; log each transition once it holds."""
 
     index: StatusIndex
+
+    def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        super().prepare_job_execution(job, *args, **kwargs)
+        log_transition(job)
+
+    def handle_job_success(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        super().handle_job_success(job, *args, **kwargs)
+        log_transition(job)
+
+    def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        super().handle_job_failure(job, *args, **kwargs)
+        log_transition(job)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
