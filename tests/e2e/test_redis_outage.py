@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.e2e.helpers import Reply, call, jobs_status, submit, submit_ok, wait_finished
@@ -61,3 +63,27 @@ def test_endpoints_answer_during_a_redis_outage_and_recover_after_it(
         assert described["result"] == {"phase": "after"}
         assert jobs_status(port).body["response"] == {after: "done"}
         assert worker.popen.poll() is None, worker.output()
+
+
+def test_a_hung_redis_costs_each_call_at_most_about_the_redis_timeout(
+    private_redis: RedisServer,
+) -> None:
+    """With Redis frozen (SIGSTOP), calls fail within ~REDIS_TIMEOUT, then recover on SIGCONT."""
+    env = service_env(private_redis.url, REDIS_TIMEOUT="1")
+    port = free_port()
+    assert private_redis.process is not None
+    with running(start_api(env, port)):
+        assert jobs_status(port).status == 200
+        private_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            frozen = jobs_status(port)
+            assert frozen.status == 500, frozen.body
+            assert frozen.body["message"].startswith("Failed to retrieve job statuses:")
+            # One socket timeout (1 s), never a retry of it: comfortably below two.
+            assert frozen.elapsed < 1.9, f"took {frozen.elapsed:.2f}s"
+            health = call(port, "GET", "/health", key=None)
+            assert health.status == 503
+            assert health.elapsed < 1.9, f"took {health.elapsed:.2f}s"
+        finally:
+            private_redis.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: jobs_status(port).status == 200, timeout=10)
