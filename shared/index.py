@@ -113,7 +113,9 @@ class StatusIndex:
             # pipeline on a registered script, and a NOSCRIPT error inside MULTI (after a Redis
             # restart) would let RQ's half of the transaction commit without ours.
             return client.eval(RECORD_LUA, len(script_keys), *script_keys, *args)
-        return self._record(keys=script_keys, args=args, client=client or self.connection)
+        return self._record(
+            keys=script_keys, args=args, client=client if client is not None else self.connection
+        )
 
     def window(self, since_seconds: float, queue_name: str) -> Window:
         """Return the jobs whose state changed in the last `since_seconds`, by Redis time."""

@@ -32,7 +32,8 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
             # The record script writes RQ's own `status` field too, so the index can never
             # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
             self._status = JobStatus(status)
-            index.record(self.id, self._status, client=pipeline or self.connection)
+            client = pipeline if pipeline is not None else self.connection
+            index.record(self.id, self._status, client=client)
 
         def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
             super().prepare_for_execution(worker_name, pipeline)
