@@ -1,0 +1,199 @@
+"""What every benchmark shares: a private Redis, API processes, timing and statistics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from shared import keys
+from tests.support import API_KEY, RedisServer, free_port, service_env, start_api
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "bench"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Timings of repeated runs of one measurement, in seconds."""
+
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        """Return the median time."""
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """Return the lowest and highest time."""
+        return min(self.times), max(self.times)
+
+    def ms(self) -> str:
+        """Return 'median (min-max)' in milliseconds."""
+        lo, hi = self.spread
+        return f"{self.median * 1e3:.3g} ms ({lo * 1e3:.3g}-{hi * 1e3:.3g})"
+
+
+def repeat(
+    fn: Callable[[], Any], *, min_runs: int = 5, max_runs: int = 50, budget: float = 2.0
+) -> Sample:
+    """Time `fn` at least `min_runs` times, more while within `budget` seconds (after a warm-up)."""
+    fn()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < max_runs and (
+        len(times) < min_runs or time.perf_counter() - started < budget
+    ):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return Sample(times)
+
+
+@contextmanager
+def private_redis(directory: Path) -> Iterator[RedisServer]:
+    """Run a private redis-server (no persistence) for the duration of a benchmark."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def api_process(redis_url: str, workers: int = 2, **env: str) -> Iterator[int]:
+    """Run the API under gunicorn on a free port; yield the port."""
+    port = free_port()
+    proc = start_api(service_env(redis_url, **env), port, workers=workers)
+    try:
+        yield port
+    finally:
+        proc.stop()
+
+
+class ApiClient:
+    """A keep-alive HTTP client of one API process."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post(self, path: str, body: Any = None) -> tuple[int, bytes]:
+        """POST `body` as JSON; return the status and the raw answer."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        headers = {"x-api-key": API_KEY, "Content-Type": "application/json"}
+        self.conn.request("POST", path, body=payload, headers=headers)
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+def redis_now_us(conn: redis.Redis) -> int:
+    """Return the Redis server clock in microseconds."""
+    seconds, micros = conn.time()
+    return int(seconds) * 1_000_000 + int(micros)
+
+
+def fill_index(
+    conn: redis.Redis, total: int, recent: int, *, recent_age: float = 60, old_age: float = 7200
+) -> list[str]:
+    """Put `total` job ids in the index, `recent` of them changed within `recent_age` seconds.
+
+    The rest changed between `old_age` seconds and six days ago, so any window between the two
+    ages matches exactly the recent ones. Statuses are spread as a busy service's would be.
+    Return the recent ids.
+    """
+    now = redis_now_us(conn)
+    spread = [("done", 0.85), ("failed", 0.05), ("canceled", 0.02), ("running", 0.03)]
+    recent_ids: list[str] = []
+    batch: dict[str, dict[str, int]] = {}
+    with conn.pipeline(transaction=False) as pipe:
+        for i in range(total):
+            job_id = str(uuid.uuid4())
+            is_recent = i >= total - recent
+            if is_recent:
+                recent_ids.append(job_id)
+                score = now - int((i % 1000) / 1000 * recent_age * 1e6)
+            else:
+                score = now - int((old_age + (i % 100_000) / 100_000 * 5 * 86400) * 1e6)
+            status = _pick(spread, i)
+            batch.setdefault(status, {})[job_id] = score
+            if sum(len(m) for m in batch.values()) >= 5000:
+                _flush(pipe, batch)
+        _flush(pipe, batch)
+    conn.hset(keys.registry_key(), "schema", keys.SCHEMA_VERSION)
+    return recent_ids
+
+
+def _pick(spread: list[tuple[str, float]], i: int) -> str:
+    position = (i * 7919 % 1000) / 1000
+    for status, share in spread:
+        if position < share:
+            return status
+        position -= share
+    return "queued"
+
+
+def _flush(pipe: Any, batch: dict[str, dict[str, int]]) -> None:
+    for status, members in batch.items():
+        pipe.zadd(f"{keys.PREFIX}index:{status}", members)
+    pipe.execute()
+    batch.clear()
+
+
+def machine() -> dict[str, str]:
+    """Return a description of this machine and the versions that matter."""
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        mem_kb = int(meminfo.read_text().split()[1])
+    return {
+        "cpu": f"{cpu} x {os.cpu_count()}",
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "redis": next((v for v in redis_version if v.startswith("v=")), "?")[2:],
+    }
+
+
+@dataclass
+class Section:
+    """One part of docs/benchmarks.md: a title, markdown (tables and notes) and PNG figures."""
+
+    title: str
+    markdown: str
+    figures: list[Path]
+    data: dict[str, Any]
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """Return a markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
