@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from api import auth, health, jobs
+from api.encoding import FastJSONProvider
 from api.envelope import log_request
 from api.errors import register_error_handlers
 from api.services import EXTENSION, Services
@@ -31,9 +32,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     registry.load(settings.task_modules)
 
     app = Flask(__name__)
+    app.json = FastJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
+    # Flask would answer OPTIONS itself with an empty text/html 200; let it be a JSON 405.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
     connection = connect(settings)
     index = StatusIndex(connection, settings.retention_seconds)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import g, request
-from werkzeug.exceptions import HTTPException
+from flask import current_app, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.errors import ApiError
 from api.validation import parse_body
@@ -19,9 +19,25 @@ def request_body() -> dict[str, Any]:
     if "body" not in g:
         # No-code tools often send JSON under other content types, so the body is read as
         # JSON whatever the header says.
-        g.body = parse_body(request.get_data(cache=True))
+        g.body = parse_body(_read_limited())
     body: dict[str, Any] = g.body
     return body
+
+
+def _read_limited() -> bytes:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if "raw_body" not in g:
+        # Werkzeug refuses an over-long Content-Length itself, but silently cuts a chunked
+        # upload (no Content-Length) at the limit: read that one from the server's own
+        # stream, one byte past the limit, to tell "too large" apart.
+        chunked = request.content_length is None
+        stream = request.environ["wsgi.input"] if chunked else request.stream
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise RequestEntityTooLarge()
+        g.raw_body = data
+    raw: bytes = g.raw_body
+    return raw
 
 
 def client_id() -> Any:

@@ -64,7 +64,8 @@ def reply(
     """Return a Flask response carrying the envelope for the current request."""
     svc = services()
     if queue_length is UNKNOWN:
-        queue_length = _queue_length()
+        # A refusal of the request (4xx) does not wait on Redis for the queue length.
+        queue_length = None if 400 <= code < 500 else _queue_length()
     started = g.get("started", time.perf_counter())
     body = envelope(
         code=code,
@@ -87,8 +88,6 @@ def reply(
 
 
 def _queue_length() -> int | None:
-    if g.get("unauthenticated"):
-        return None
     try:
         return int(services().queue.count)
     except RedisError as exc:

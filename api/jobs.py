@@ -34,8 +34,7 @@ def jobs_status() -> Response:
         window = svc.index.window(since, svc.settings.queue_name)
     except RedisError as exc:
         raise ApiError(500, f"Failed to retrieve job statuses: {exc}", queue_length=None) from exc
-    response = {job_id: status.value for job_id, status in window.statuses.items()}
-    return reply(200, "success", response=response, queue_length=window.queue_length)
+    return reply(200, "success", response=window.statuses, queue_length=window.queue_length)
 
 
 @bp.post("/v1/toolkit/job/status")

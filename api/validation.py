@@ -24,7 +24,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
+        # JSON on the wire is UTF-8 (RFC 8259); json.loads would also guess UTF-16 and -32.
+        body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "Request body is not valid UTF-8") from None
     except (ValueError, RecursionError) as exc:

@@ -95,8 +95,14 @@ class ApiClient:
         """POST `body` as JSON; return the status and the raw answer."""
         payload = b"" if body is None else json.dumps(body).encode()
         headers = {"x-api-key": API_KEY, "Content-Type": "application/json"}
-        self.conn.request("POST", path, body=payload, headers=headers)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request("POST", path, body=payload, headers=headers)
+            resp = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # gunicorn closes a keep-alive connection idle for a few seconds: reconnect once.
+            self.conn.close()
+            self.conn.request("POST", path, body=payload, headers=headers)
+            resp = self.conn.getresponse()
         return resp.status, resp.read()
 
     def close(self) -> None:
@@ -197,3 +203,64 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What wrk reports: requests per second, latency percentiles (ms), non-2xx answers."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    requests: int
+
+
+def wrk(port: int, path: str, body: str, *, connections: int, seconds: float) -> WrkResult:
+    """Load `path` with POSTs of `body` from `connections` keep-alive connections for `seconds`."""
+    script = ROOT / "bench" / "post.lua"
+    threads = max(1, min(connections, 2))
+    env = {**os.environ, "API_KEY": API_KEY, "WRK_BODY": body}
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=seconds + 60,
+    ).stdout
+    return _parse_wrk(out)
+
+
+def _parse_wrk(out: str) -> WrkResult:
+    rps = p50 = p99 = 0.0
+    non_2xx = requests = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        elif line.strip().startswith("50%"):
+            p50 = _ms(parts[1])
+        elif line.strip().startswith("99%"):
+            p99 = _ms(parts[1])
+        elif line.startswith("Non-2xx"):
+            non_2xx = int(parts[-1])
+        elif "requests in" in line:
+            requests = int(parts[0])
+    return WrkResult(rps, p50, p99, non_2xx, requests)
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 1e-3), ("ms", 1.0), ("s", 1e3), ("m", 60e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)

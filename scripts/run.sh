@@ -5,13 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 pids=()
+redis_pid=""
 
+# Stop the API and the worker first (the worker finishes its job and deregisters), then the
+# private Redis they were talking to.
 stop_all() {
   trap - INT TERM EXIT
   echo
   echo "stopping..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$redis_pid" ]; then
+    kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
 }
 trap stop_all INT TERM EXIT
 
@@ -20,10 +27,11 @@ if [ -z "${REDIS_URL:-}" ]; then
   data="$PWD/.data"
   mkdir -p "$data"
   sock="$data/redis.sock"
-  redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 --dir "$data" \
+  # In its own session, so that Ctrl-C reaches it only through stop_all, after the others.
+  setsid redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 --dir "$data" \
     --appendonly yes --appendfsync everysec --save "" --daemonize no \
     --logfile "$data/redis.log" &
-  pids+=($!)
+  redis_pid=$!
   for _ in $(seq 1 100); do
     redis-cli -s "$sock" ping >/dev/null 2>&1 && break
     sleep 0.1
@@ -48,11 +56,13 @@ pids+=($!)
 cat <<MSG
 
 toolkit-jobs is running
-  API:      http://127.0.0.1:$PORT
+  API:      http://127.0.0.1:$PORT (listening on 0.0.0.0:$PORT)
   API key:  $API_KEY
   try:      curl -s -X POST http://127.0.0.1:$PORT/v1/toolkit/jobs/status -H "x-api-key: $API_KEY"
 Press Ctrl-C to stop.
 
 MSG
 # Stop everything as soon as any one process exits.
-wait -n "${pids[@]}"
+watched=("${pids[@]}")
+[ -z "$redis_pid" ] || watched+=("$redis_pid")
+wait -n "${watched[@]}"

@@ -153,3 +153,29 @@ def test_unreachable_redis_is_a_prompt_500(
     reply = assert_envelope(resp, 500)
     assert reply["queue_length"] is None
     assert elapsed < 5, elapsed
+
+
+def test_utf16_body_is_refused_as_not_utf8(client: FlaskClient) -> None:
+    """A body in UTF-16 (which json.loads would guess) is a 400 naming UTF-8."""
+    resp = client.post(JOBS_STATUS, data='{"since_seconds": 5}'.encode("utf-16"), headers=AUTH)
+    reply = assert_envelope(resp, 400)
+    assert "UTF-8" in reply["message"]
+
+
+@pytest.mark.parametrize("path", [*POST_ENDPOINTS, "/v1/toolkit/authenticate", "/health"])
+def test_options_is_a_json_405(client: FlaskClient, path: str) -> None:
+    """OPTIONS gets a JSON 405 envelope, not Flask's automatic empty text/html 200."""
+    resp = client.open(path, method="OPTIONS", headers=AUTH)
+    assert_envelope(resp, 405)
+    assert "OPTIONS" not in resp.headers.get("Allow", "")
+
+
+def test_refusals_do_not_wait_for_the_queue_length(
+    make_app: Callable[..., Flask],
+) -> None:
+    """A 4xx answer needs no Redis: it comes at once, with queue_length null, Redis or not."""
+    down = make_app(redis_url="unix:///nonexistent/dir/redis.sock", redis_timeout=5)
+    started = time.monotonic()
+    reply = assert_envelope(post(down.test_client(), JOB_STATUS, {}), 400)
+    assert time.monotonic() - started < 1.0
+    assert reply["queue_length"] is None
