@@ -23,25 +23,34 @@ MICROS = 1_000_000
 # How many expired entries one trim step removes: small enough never to block Redis.
 TRIM_BATCH = 500
 
+# The head of every script that trims: `now` (Redis time, µs) and `trim`, which removes up to
+# `batch` entries older than `retention` seconds from the sorted set `key` and returns how many
+# went. Bounded work per call keeps Redis responsive on any index size.
+TRIM_PRELUDE = """
+local function trim(key, now, retention, batch)
+  local cutoff = string.format('%.0f', now - retention * 1000000)
+  local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. cutoff, 'LIMIT', 0, batch)
+  if #expired > 0 then redis.call('ZREM', key, unpack(expired)) end
+  return #expired
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
 # Record one state change. Guarantees, atomically: RQ's own `status` field in the job hash,
 # the job's single entry in the index (moved out of every other status set), and the registry
 # marker all change together, scored by this Redis server's clock, never the caller's. It also
 # trims a bounded batch of expired entries from the set it writes to, so retention needs no scan.
 # KEYS: job hash, registry marker, the index sets in Status order.
 # ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch.
-RECORD_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+RECORD_LUA = TRIM_PRELUDE + """
 local target = tonumber(ARGV[3]) + 2
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 for i = 3, #KEYS do
   if i ~= target then redis.call('ZREM', KEYS[i], ARGV[1]) end
 end
 redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1])
-local cutoff = string.format('%.0f', now - tonumber(ARGV[4]) * 1000000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[target], '-inf', '(' .. cutoff,
-                           'LIMIT', 0, tonumber(ARGV[6]))
-if #expired > 0 then redis.call('ZREM', KEYS[target], unpack(expired)) end
+trim(KEYS[target], now, tonumber(ARGV[4]), tonumber(ARGV[6]))
 redis.call('HSET', KEYS[2], 'schema', ARGV[5])
 return now
 """
@@ -62,16 +71,9 @@ end
 return out
 """
 
-# Remove up to ARGV[2] entries older than the retention ARGV[1] (s) from the set KEYS[1];
-# return how many went. Bounded work per call keeps Redis responsive on any index size.
-TRIM_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cutoff = string.format('%.0f', now - tonumber(ARGV[1]) * 1000000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff,
-                           'LIMIT', 0, tonumber(ARGV[2]))
-if #expired > 0 then redis.call('ZREM', KEYS[1], unpack(expired)) end
-return #expired
+# Trim the set KEYS[1]: retention ARGV[1] (s), at most ARGV[2] entries; return how many went.
+TRIM_LUA = TRIM_PRELUDE + """
+return trim(KEYS[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 
 
