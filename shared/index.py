@@ -43,7 +43,9 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 # trims a bounded batch of expired entries from the set it writes to, so retention needs no scan.
 # KEYS: job hash, registry marker, the index sets in Status order.
 # ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch.
-RECORD_LUA = TRIM_PRELUDE + """
+RECORD_LUA = (
+    TRIM_PRELUDE
+    + """
 local target = tonumber(ARGV[3]) + 2
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 for i = 3, #KEYS do
@@ -54,6 +56,7 @@ trim(KEYS[target], now, tonumber(ARGV[4]), tonumber(ARGV[6]))
 redis.call('HSET', KEYS[2], 'schema', ARGV[5])
 return now
 """
+)
 
 # Read the window in one round trip, against one consistent snapshot and Redis's own clock.
 # KEYS: registry marker, RQ queue list, the index sets in Status order. ARGV: window (µs).
@@ -72,9 +75,12 @@ return out
 """
 
 # Trim the set KEYS[1]: retention ARGV[1] (s), at most ARGV[2] entries; return how many went.
-TRIM_LUA = TRIM_PRELUDE + """
+TRIM_LUA = (
+    TRIM_PRELUDE
+    + """
 return trim(KEYS[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
+)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
         """An RQ job whose status writes also move its entry in the status index, atomically."""
 
         def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
+            """Set the status in RQ and in the index, inside `pipeline` when one is given."""
             # The record script writes RQ's own `status` field too, so the index can never
             # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
             self._status = JobStatus(status)
@@ -36,6 +37,7 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
             index.record(self.id, self._status, client=client)
 
         def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
+            """Mark the job started, as RQ does, and record `running` in the same pipeline."""
             super().prepare_for_execution(worker_name, pipeline)
             index.record(self.id, JobStatus.STARTED, client=pipeline)
 
@@ -43,18 +45,22 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
         # a job that does (written straight into Redis) gets none run.
         @property
         def success_callback(self) -> Any:
+            """Return no callback, whatever the job names."""
             return _refuse_callback(self, self._success_callback_name)
 
         @property
         def failure_callback(self) -> Any:
+            """Return no callback, whatever the job names."""
             return _refuse_callback(self, self._failure_callback_name)
 
         @property
         def stopped_callback(self) -> Any:
+            """Return no callback, whatever the job names."""
             return _refuse_callback(self, self._stopped_callback_name)
 
         @property
         def func(self) -> Any:
+            """Return the task runner, refusing a job that names any other function."""
             if self.func_name != TASK_RUNNER:
                 raise UnregisteredFunctionError(
                     f"job {self.id} names {self.func_name!r}, not the task runner"

@@ -23,24 +23,28 @@ logger = logging.getLogger(__name__)
 MAX_STARTUP_WAIT = 30.0
 
 
-class IndexMaintenance(BaseWorker):
+class IndexedWorker(BaseWorker):
     """Trim expired index entries during RQ's maintenance; log each transition once it holds."""
 
     index: StatusIndex
 
     def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        """Start the job as RQ does, then log the transition."""
         super().prepare_job_execution(job, *args, **kwargs)
         log_transition(job)
 
     def handle_job_success(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        """Finish the job as RQ does, then log the transition."""
         super().handle_job_success(job, *args, **kwargs)
         log_transition(job)
 
     def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        """Fail (or stop) the job as RQ does, then log the transition."""
         super().handle_job_failure(job, *args, **kwargs)
         log_transition(job)
 
     def run_maintenance_tasks(self) -> None:
+        """Run RQ's maintenance, then trim expired index entries."""
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         removed = self.index.trim_expired()
         if removed:
@@ -49,11 +53,11 @@ class IndexMaintenance(BaseWorker):
 
 # The mixin comes first so that its maintenance wraps RQ's; everything else (forking a
 # work-horse or not) comes from the RQ class named second.
-class TrackedWorker(IndexMaintenance, Worker):
+class TrackedWorker(IndexedWorker, Worker):
     """RQ's forking worker, plus index maintenance."""
 
 
-class TrackedSimpleWorker(IndexMaintenance, SimpleWorker):
+class TrackedSimpleWorker(IndexedWorker, SimpleWorker):
     """RQ's in-process worker, plus index maintenance."""
 
 
@@ -72,7 +76,7 @@ def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -
             delay = min(delay * 2, 5.0)
 
 
-def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> IndexMaintenance:
+def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> IndexedWorker:
     """Return a worker of the configured class on the configured queue, recording into the index."""
     registry.load(settings.task_modules)
     index = StatusIndex(connection, settings.retention_seconds)

@@ -13,7 +13,7 @@ from rq.job import JobStatus
 
 from shared.index import StatusIndex
 from tests.api.helpers import JOB_STATUS, assert_envelope, post, submit
-from worker.main import IndexMaintenance
+from worker.main import IndexedWorker
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 DESCRIPTION_FIELDS = {
@@ -54,7 +54,7 @@ def assert_recent(text: str) -> datetime:
 
 
 def test_done_job_has_its_result(
-    client: FlaskClient, run_worker: Callable[..., IndexMaintenance]
+    client: FlaskClient, run_worker: Callable[..., IndexedWorker]
 ) -> None:
     """A finished echo job is "done", at 100%, with the payload as result and ordered times."""
     payload = {"greeting": "hello", "n": [1, 2, 3], "nested": {"ok": True}}
@@ -73,7 +73,7 @@ def test_done_job_has_its_result(
 
 
 def test_failed_job_has_its_error(
-    client: FlaskClient, run_worker: Callable[..., IndexMaintenance]
+    client: FlaskClient, run_worker: Callable[..., IndexedWorker]
 ) -> None:
     """A failed job is "failed" with an error naming the task's message, and no result."""
     job_id = submit(client, "fail", {"message": "the disk is on fire"})

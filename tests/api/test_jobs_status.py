@@ -26,7 +26,7 @@ from tests.api.helpers import (
     submit,
 )
 from tests.support import AUTH, wait_until
-from worker.main import IndexMaintenance
+from worker.main import IndexedWorker
 
 SECOND = 1_000_000
 
@@ -77,7 +77,7 @@ def test_reports_every_status(
     app: Flask,
     client: FlaskClient,
     index: StatusIndex,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
 ) -> None:
     """Each job appears once, with its latest status: queued, running, done, failed, canceled."""
     done = submit(client, "echo", {"x": 1})

@@ -14,7 +14,7 @@ from shared.job import tracked_job_class
 from shared.settings import Settings
 from tests.support import Process, RedisServer, service_env, start_worker
 from tests.worker.helpers import Observed, kill_children
-from worker.main import IndexMaintenance, build_worker
+from worker.main import IndexedWorker, build_worker
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def observe(conn: redis.Redis, index: StatusIndex) -> Callable[[str], Observed]:
 
 
 @pytest.fixture
-def make_worker(conn: redis.Redis, settings: Settings) -> Callable[[], IndexMaintenance]:
+def make_worker(conn: redis.Redis, settings: Settings) -> Callable[[], IndexedWorker]:
     """Return a factory of in-process workers with the test settings, not yet working."""
     return lambda: build_worker(settings, conn)
 

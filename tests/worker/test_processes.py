@@ -20,7 +20,7 @@ from shared.job import TASK_RUNNER
 from shared.status import Status
 from tests.support import AUTH, ROOT, Process, RedisServer, service_env
 from tests.worker.helpers import Observed, children, wait_for
-from worker.main import IndexMaintenance
+from worker.main import IndexedWorker
 
 
 def job_status(client: FlaskClient, job_id: str) -> dict[str, object]:
@@ -116,7 +116,7 @@ def test_job_of_killed_worker_fails_on_cleanup_and_others_run(
     conn: redis.Redis,
     observe: Callable[[str], Observed],
     worker_process: Callable[..., Process],
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
 ) -> None:
     """A job whose worker was SIGKILLed fails at the next maintenance; other jobs are unaffected."""
     before = queue.enqueue(TASK_RUNNER, "echo", {"n": 1})

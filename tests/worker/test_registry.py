@@ -18,7 +18,7 @@ from shared.status import Status
 from tests.support import AUTH
 from tests.worker.helpers import Observed
 from worker import registry
-from worker.main import IndexMaintenance
+from worker.main import IndexedWorker
 
 SAMPLE = "tests.sample_tasks"
 # Created by `forbidden` if a worker ever calls it. A file, not a list: the worker may run the
@@ -67,7 +67,7 @@ def test_unregistered_task_name_fails_the_job(
     called: Path,
     queue: Queue,
     conn: redis.Redis,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job naming an unregistered task (even an import path) fails without running it."""
@@ -84,7 +84,7 @@ def test_job_naming_another_function_fails_without_calling_it(
     func_name: str,
     queue: Queue,
     conn: redis.Redis,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job in the queue naming any function but the task runner fails; the function never runs."""
@@ -102,7 +102,7 @@ def test_job_callbacks_naming_other_functions_never_run(
     called: Path,
     hook: str,
     queue: Queue,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
 ) -> None:
     """A job's success or failure callback naming an arbitrary function is never called."""
     task, payload = ("echo", {}) if hook == "on_success" else ("fail", {"message": "x"})
@@ -155,7 +155,7 @@ def test_task_modules_register_user_tasks(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_user_task_is_accepted_by_the_api_and_run_by_the_worker(
     make_app: Callable[..., Flask],
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     conn: redis.Redis,
     observe: Callable[[str], Observed],
 ) -> None:

@@ -17,7 +17,7 @@ from shared.job import TASK_RUNNER
 from shared.status import Status
 from tests.support import AUTH
 from tests.worker.helpers import Observed
-from worker.main import IndexMaintenance
+from worker.main import IndexedWorker
 
 
 def submit(client: FlaskClient, task: str, payload: dict[str, object]) -> str:
@@ -55,7 +55,7 @@ def test_finished_job_is_done(
     client: FlaskClient,
     conn: redis.Redis,
     index: StatusIndex,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job whose task returns is done in the index and finished in RQ, with a later score."""
@@ -72,7 +72,7 @@ def test_finished_job_is_done(
 def test_raising_task_is_failed(
     client: FlaskClient,
     conn: redis.Redis,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job whose task raises is failed in the index and in RQ, with the error kept."""
@@ -85,7 +85,7 @@ def test_raising_task_is_failed(
 def test_timed_out_job_is_failed(
     make_app: Callable[..., Flask],
     conn: redis.Redis,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job that runs past JOB_TIMEOUT is stopped and failed in the index and in RQ."""
@@ -100,7 +100,7 @@ def test_canceled_queued_job_is_canceled_and_never_runs(
     client: FlaskClient,
     conn: redis.Redis,
     job_class: type[Job],
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """Canceling a queued job (with the service's job class) records canceled; it never runs."""
@@ -115,7 +115,7 @@ def test_canceled_queued_job_is_canceled_and_never_runs(
 def test_deferred_dependent_is_queued_until_it_runs(
     queue: Queue,
     index: StatusIndex,
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job deferred behind another is queued in the index, then re-recorded and done."""
@@ -140,7 +140,7 @@ def test_scheduled_job_is_queued(queue: Queue, observe: Callable[[str], Observed
 def test_retried_job_is_queued_again_then_failed(
     queue: Queue,
     conn: redis.Redis,
-    make_worker: Callable[[], IndexMaintenance],
+    make_worker: Callable[[], IndexedWorker],
     index: StatusIndex,
     observe: Callable[[str], Observed],
 ) -> None:
@@ -161,7 +161,7 @@ def test_requeued_failed_job_is_queued(
     conn: redis.Redis,
     queue: Queue,
     job_class: type[Job],
-    run_worker: Callable[..., IndexMaintenance],
+    run_worker: Callable[..., IndexedWorker],
     observe: Callable[[str], Observed],
 ) -> None:
     """Requeuing a failed job from RQ's failed registry records it queued again."""
