@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-smoke clean
+BENCH_VENV := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+.PHONY: run test lint bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +19,7 @@ run: $(STAMP)  ## Run API + one worker (and a private redis-server when REDIS_UR
 	bash scripts/run.sh
 
 test: $(STAMP)  ## Run the whole test suite against real redis-server processes
-	bash scripts/ensure-redis.sh
+	bash scripts/ensure-command.sh redis-server redis-server
 	$(BIN)/pytest
 
 lint: $(STAMP)  ## ruff + mypy --strict
@@ -24,5 +27,21 @@ lint: $(STAMP)  ## ruff + mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e . -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## Measure everything side by side with its baselines; writes docs/benchmarks.md
+	bash scripts/ensure-command.sh redis-server redis-server
+	bash scripts/ensure-command.sh wrk wrk
+	$(BENCH_VENV)/bin/python -m bench.run
+
+bench-smoke: $(BENCH_STAMP)  ## The same scripts at tiny sizes, in seconds (CI runs this)
+	bash scripts/ensure-command.sh redis-server redis-server
+	bash scripts/ensure-command.sh wrk wrk
+	$(BENCH_VENV)/bin/python -m bench.run --smoke
+
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .data .pytest_cache .mypy_cache .ruff_cache bench/out

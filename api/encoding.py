@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import orjson
 from flask import Response
 from flask.json.provider import DefaultJSONProvider
+
+from shared.status import Status
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +36,24 @@ def encode(obj: Any) -> bytes:
     except orjson.JSONEncodeError as exc:
         logger.debug("orjson could not encode the response (%s); using json", exc)
         return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+# Job ids that JSON can carry between quotes as they are, with no escaping.
+_NEEDS_ESCAPING = re.compile(rb"[^A-Za-z0-9_-]")
+
+
+def statuses_json(ids: list[tuple[Status, list[bytes]]]) -> orjson.Fragment | dict[str, str]:
+    """Return the JSON object {job_id: status} for ids grouped by status, as Redis gave them.
+
+    RQ's ids need no escaping, so the object is joined straight from Redis's bytes: for a
+    10,000-job window that skips 10,000 decodes, dict inserts and key encodings. Should any
+    id need escaping, the dict is built and encoded the ordinary way instead.
+    """
+    if any(_NEEDS_ESCAPING.search(b"".join(members)) for _, members in ids):
+        return {job_id.decode(): status.value for status, members in ids for job_id in members}
+    parts = []
+    for status, members in ids:
+        if members:
+            separator = b'":"' + status.value.encode() + b'","'
+            parts.append(b'"' + separator.join(members) + separator[:-2])
+    return orjson.Fragment(b"{" + b",".join(parts) + b"}")

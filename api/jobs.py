@@ -13,6 +13,7 @@ from rq.job import Job, JobStatus
 from api import validation
 from api.auth import require_api_key
 from api.body import request_body
+from api.encoding import statuses_json
 from api.envelope import reply
 from api.errors import ApiError
 from api.services import services
@@ -31,10 +32,11 @@ def jobs_status() -> Response:
     svc = services()
     since = validation.since_seconds(request_body(), svc.settings.retention_seconds)
     try:
-        window = svc.index.window(since, svc.settings.queue_name)
+        window = svc.index.window_ids(since, svc.settings.queue_name)
     except RedisError as exc:
         raise ApiError(500, f"Failed to retrieve job statuses: {exc}", queue_length=None) from exc
-    return reply(200, "success", response=window.statuses, queue_length=window.queue_length)
+    response = statuses_json(window.ids)
+    return reply(200, "success", response=response, queue_length=window.queue_length)
 
 
 @bp.post("/v1/toolkit/job/status")

@@ -23,7 +23,7 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 if [ -z "${REDIS_URL:-}" ]; then
-  bash scripts/ensure-redis.sh
+  bash scripts/ensure-command.sh redis-server redis-server
   data="$PWD/.data"
   mkdir -p "$data"
   sock="$data/redis.sock"

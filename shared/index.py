@@ -58,22 +58,6 @@ return now
 """
 )
 
-# Read the window in one round trip, against one consistent snapshot and Redis's own clock.
-# KEYS: registry marker, RQ queue list, the index sets in Status order. ARGV: window (µs).
-# Returns {marker present (0/1), queue length, ids per status...}.
-WINDOW_LUA = """
-local llen = redis.call('LLEN', KEYS[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, llen} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local low = string.format('%.0f', now - tonumber(ARGV[1]))
-local out = {1, llen}
-for i = 3, #KEYS do
-  out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[i], low, '+inf')
-end
-return out
-"""
-
 # Trim the set KEYS[1]: retention ARGV[1] (s), at most ARGV[2] entries; return how many went.
 TRIM_LUA = (
     TRIM_PRELUDE
@@ -81,6 +65,14 @@ TRIM_LUA = (
 return trim(KEYS[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 )
+
+
+@dataclass(frozen=True)
+class WindowIds:
+    """The ids (raw bytes) per status whose latest change falls in a window; the queue length."""
+
+    ids: list[tuple[Status, list[bytes]]]
+    queue_length: int
 
 
 @dataclass(frozen=True)
@@ -98,7 +90,6 @@ class StatusIndex:
         self.connection = connection
         self.retention_seconds = retention_seconds
         self._record = connection.register_script(RECORD_LUA)
-        self._window = connection.register_script(WINDOW_LUA)
         self._trim = connection.register_script(TRIM_LUA)
         self._index_keys = keys.status_index_keys()
 
@@ -125,19 +116,32 @@ class StatusIndex:
             keys=script_keys, args=args, client=client if client is not None else self.connection
         )
 
-    def window(self, since_seconds: float, queue_name: str) -> Window:
-        """Return the jobs whose state changed in the last `since_seconds`, by Redis time."""
-        reply = self._window(
-            keys=[keys.registry_key(), keys.rq_queue_key(queue_name), *self._index_keys],
-            args=[int(since_seconds * MICROS)],
-        )
-        if not reply[0]:
+    def window_ids(self, since_seconds: float, queue_name: str) -> WindowIds:
+        """Return the raw ids per status changed in the last `since_seconds`, by Redis time."""
+        # Two round trips beat one Lua script here: a script's reply of 10^4 ids passes through
+        # Lua tables both ways and costs about twice as much as plain ZRANGEBYSCORE replies
+        # (docs/benchmarks.md). MULTI keeps the five ranges one consistent snapshot.
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.exists(keys.registry_key())
+            pipe.llen(keys.rq_queue_key(queue_name))
+            (seconds, micros), marker, queue_length = pipe.execute()
+        if not marker:
             raise RegistryNotFoundError("Jobs directory not found")
-        statuses: dict[str, Status] = {}
-        for status, ids in zip(STATUSES, reply[2:], strict=True):
-            for job_id in ids:
-                statuses[job_id.decode()] = status
-        return Window(statuses=statuses, queue_length=int(reply[1]))
+        low = int(seconds) * MICROS + int(micros) - int(since_seconds * MICROS)
+        with self.connection.pipeline(transaction=True) as pipe:
+            for key in self._index_keys:
+                pipe.zrangebyscore(key, low, "+inf")
+            ranges = pipe.execute()
+        return WindowIds(
+            ids=list(zip(STATUSES, ranges, strict=True)), queue_length=int(queue_length)
+        )
+
+    def window(self, since_seconds: float, queue_name: str) -> Window:
+        """Return {job_id: status} of the jobs changed in the last `since_seconds`."""
+        raw = self.window_ids(since_seconds, queue_name)
+        statuses = {job_id.decode(): status for status, ids in raw.ids for job_id in ids}
+        return Window(statuses=statuses, queue_length=raw.queue_length)
 
     def mark_registry(self) -> None:
         """Write the registry marker with the schema version."""

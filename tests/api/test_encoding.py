@@ -1,0 +1,52 @@
+"""Pure tests of the response encoding: the fast status object and the orjson fallback."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+
+from api.encoding import encode, statuses_json
+from shared.status import Status
+
+
+def _decoded(ids: list[tuple[Status, list[bytes]]]) -> object:
+    return json.loads(encode({"response": statuses_json(ids)}))["response"]
+
+
+def test_joined_object_equals_the_plain_mapping() -> None:
+    """The object joined from Redis bytes decodes to exactly {job_id: status}."""
+    ids = [
+        (Status.QUEUED, [b"q-1"]),
+        (Status.RUNNING, []),
+        (Status.DONE, [b"d_1", b"d-2", b"D3"]),
+        (Status.FAILED, [b"f"]),
+        (Status.CANCELED, []),
+    ]
+    assert isinstance(statuses_json(ids), orjson.Fragment)
+    assert _decoded(ids) == {
+        "q-1": "queued",
+        "d_1": "done",
+        "d-2": "done",
+        "D3": "done",
+        "f": "failed",
+    }
+
+
+def test_an_empty_window_is_an_empty_object() -> None:
+    """No ids at all encode as {}."""
+    assert _decoded([(status, []) for status in Status]) == {}
+
+
+@pytest.mark.parametrize("odd", [b'a"b', b"a\\b", b"j\xc3\xb6b", b"a b", b"a\nb", b'","x'])
+def test_ids_that_need_escaping_take_the_ordinary_path(odd: bytes) -> None:
+    """An id JSON cannot carry verbatim is escaped properly, never spliced in raw."""
+    ids = [(Status.DONE, [b"plain", odd])]
+    assert not isinstance(statuses_json(ids), orjson.Fragment)
+    assert _decoded(ids) == {"plain": "done", odd.decode(): "done"}
+
+
+def test_integers_beyond_64_bits_fall_back_to_the_stdlib() -> None:
+    """A result orjson cannot encode (a 100-digit integer) is still encoded, exactly."""
+    assert json.loads(encode({"result": 10**100})) == {"result": 10**100}
