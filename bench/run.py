@@ -86,11 +86,12 @@ def _targets(results: dict[str, Section]) -> list[list[Any]]:
         data = results["query"].data
         key = "1000000/10000"
         if key in data:
-            api, floor = (_median(data[key][k]) for k in ("api", "floor"))
+            api, floor, raw = (_median(data[key][k]) for k in ("api", "floor", "raw"))
             rows.append(
                 [
                     "status query, 10^4-job window in a 10^6-job index: at most 2x the floor",
-                    f"{api * 1e3:.2f} ms vs {floor * 1e3:.2f} ms = {api / floor:.2f}x",
+                    f"{api * 1e3:.2f} ms vs {floor * 1e3:.2f} ms = {api / floor:.2f}x "
+                    f"(against the raw read, {raw * 1e3:.2f} ms: {api / raw:.2f}x)",
                     _yes(api / floor <= 2),
                 ]
             )
