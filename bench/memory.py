@@ -70,7 +70,13 @@ def run(scratch: Path, smoke: bool) -> Section:
         "Memory per indexed job",
         markdown,
         [],
-        {"info": direct_info, "usage": direct_usage, "recorded": recorded_usage},
+        {
+            "info": direct_info,
+            "usage": direct_usage,
+            "settled_info": settled_info,
+            "settled_usage": settled_usage,
+            "recorded": recorded_usage,
+        },
     )
 
 

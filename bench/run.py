@@ -69,7 +69,7 @@ def _report(results: dict[str, Section], timings: dict[str, float], smoke: bool)
         f"[benchmarks.json](benchmarks.json).",
         table(["machine", ""], [[k, v] for k, v in facts.items()]),
     ]
-    targets = _targets(results)
+    targets = [] if smoke else _targets(results)
     if targets:
         parts += ["## Targets", table(["target", "measured", "met"], targets)]
     for name, section in results.items():
