@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from api import validation
+from api import validation, webhooks
 from api.auth import require_api_key
 from api.body import request_body
 from api.encoding import statuses_json
@@ -57,6 +57,8 @@ def submit() -> Response:
     svc = services()
     body = request_body()
     wanted = validation.submission(body)
+    if wanted.webhook_url is not None:
+        webhooks.check_target(wanted.webhook_url, allow_private=svc.settings.webhook_allow_private)
     try:
         task = registry.get(wanted.task)
         payload = task.validate(wanted.payload)
@@ -133,7 +135,10 @@ def _error_of(job: Job) -> str | None:
     if not text:
         return None
     # The last line of a traceback names the exception and its message.
-    return str(text).strip().splitlines()[-1]
+    last = str(text).strip().splitlines()[-1]
+    if "AbandonedJobError" in last:
+        return f"The worker running this job died (its heartbeat lapsed): {last}"
+    return last
 
 
 def _iso(moment: datetime | None) -> str | None:

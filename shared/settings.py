@@ -75,6 +75,15 @@ def _api_key(raw: str) -> str:
     return raw
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -97,8 +106,9 @@ class Settings:
     max_request_bytes: int = 1024 * 1024
     redis_timeout: float = 2.0
     job_timeout: int = 3660
-    maintenance_interval: int = 60
+    maintenance_interval: int = 15
     retry_after_seconds: int = 5
+    webhook_allow_private: bool = False
     build_number: str = "0.1.0"
     log_level: str = "INFO"
 
@@ -139,6 +149,9 @@ class Settings:
             ),
             retry_after_seconds=read(
                 "RETRY_AFTER_SECONDS", _int(1, 3600), defaults.retry_after_seconds
+            ),
+            webhook_allow_private=read(
+                "WEBHOOK_ALLOW_PRIVATE", _bool, defaults.webhook_allow_private
             ),
             build_number=read("BUILD_NUMBER", str, defaults.build_number),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),

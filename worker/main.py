@@ -22,6 +22,17 @@ logger = logging.getLogger(__name__)
 
 MAX_STARTUP_WAIT = 30.0
 
+# How a dead worker's job is found (docs/reliability.md). The work-horse's monitor refreshes the
+# job's heartbeat every JOB_MONITORING_INTERVAL seconds with a lease of that plus
+# HEARTBEAT_GRACE, instead of RQ's 30 + 60; a worker killed outright leaves a lease that runs
+# out within 30 s. Any live worker then sweeps it during maintenance (every
+# MAINTENANCE_INTERVAL, also while it is busy with a job), and an idle worker wakes from its
+# blocking dequeue at least every WORKER_TTL - 15 seconds to check. Together: a job abandoned
+# by a dead worker is marked failed within about a minute while another worker is alive.
+JOB_MONITORING_INTERVAL = 10
+HEARTBEAT_GRACE = 20
+WORKER_TTL = 35
+
 
 class IndexedWorker(BaseWorker):
     """Trim expired index entries during RQ's maintenance; log each transition once it holds."""
@@ -54,7 +65,27 @@ class IndexedWorker(BaseWorker):
 # The mixin comes first so that its maintenance wraps RQ's; everything else (forking a
 # work-horse or not) comes from the RQ class named second.
 class TrackedWorker(IndexedWorker, Worker):
-    """RQ's forking worker, plus index maintenance."""
+    """RQ's forking worker, plus index maintenance, short job leases and sweeps while busy."""
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        """Return the job's lease: until the next monitor tick plus HEARTBEAT_GRACE seconds."""
+        if job.timeout and job.timeout > 0:
+            # Past its timeout the job is being killed by its own work-horse: keep the grace.
+            remaining = max(0, job.timeout - self.current_job_working_time)
+            return int(min(remaining, self.job_monitoring_interval)) + HEARTBEAT_GRACE
+        return int(self.job_monitoring_interval) + HEARTBEAT_GRACE
+
+    def maintain_heartbeats(self, job: Job) -> None:
+        """Renew the leases as RQ does, and sweep abandoned jobs when maintenance is due."""
+        try:
+            super().maintain_heartbeats(job)
+            # RQ runs maintenance only between jobs; a worker busy with an hour-long job would
+            # otherwise never sweep the jobs of a worker that died beside it.
+            if self.should_run_maintenance_tasks:
+                self.clean_registries()  # type: ignore[no-untyped-call]
+        except (ConnectionError, TimeoutError) as exc:
+            # The job goes on in the work-horse; the next tick tries again.
+            logger.warning("heartbeat of job %s missed, Redis unreachable: %s", job.id, exc)
 
 
 class TrackedSimpleWorker(IndexedWorker, SimpleWorker):
@@ -88,6 +119,8 @@ def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> Indexe
         connection=connection,
         job_class=job_class,
         maintenance_interval=settings.maintenance_interval,
+        job_monitoring_interval=JOB_MONITORING_INTERVAL,
+        worker_ttl=WORKER_TTL,
         **kwargs,
     )
     worker.index = index

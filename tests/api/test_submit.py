@@ -175,10 +175,10 @@ def test_bad_webhook_url_is_400(client: FlaskClient, conn: redis.Redis, url: Any
 
 
 @pytest.mark.parametrize(
-    "url", ["https://hooks.example.com/n8n/abc?x=1", "http://127.0.0.1:5678/webhook"]
+    "url", ["https://93.184.216.34/n8n/abc?x=1", "http://[2606:4700:4700::1111]:5678/webhook"]
 )
 def test_webhook_url_is_stored(client: FlaskClient, conn: redis.Redis, url: str) -> None:
-    """A valid http(s) webhook_url is accepted and kept in the job's meta."""
+    """A valid http(s) webhook_url at a public address is accepted and kept in the job's meta."""
     job_id = submit(client, "echo", webhook_url=url)
     assert Job.fetch(job_id, connection=conn).meta["webhook_url"] == url
 

@@ -41,7 +41,8 @@ def test_defaults_without_any_variable() -> None:
     assert settings.max_request_bytes == 1024 * 1024
     assert settings.redis_timeout == 2.0
     assert settings.job_timeout == 3660
-    assert settings.maintenance_interval == 60
+    assert settings.maintenance_interval == 15
+    assert settings.webhook_allow_private is False
     assert settings.retry_after_seconds == 5
     assert settings.build_number == "0.1.0"
     assert settings.log_level == "INFO"
@@ -125,6 +126,7 @@ def test_values_are_cast() -> None:
         ("MAINTENANCE_INTERVAL", "0"),
         ("RETRY_AFTER_SECONDS", "3601"),
         ("LOG_LEVEL", "verbose"),
+        ("WEBHOOK_ALLOW_PRIVATE", "maybe"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str) -> None:
