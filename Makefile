@@ -20,6 +20,7 @@ run: $(STAMP)  ## Run API + one worker (and a private redis-server when REDIS_UR
 
 test: $(STAMP)  ## Run the whole test suite against real redis-server processes
 	bash scripts/ensure-command.sh redis-server redis-server
+	bash scripts/ensure-command.sh faketime faketime
 	$(BIN)/pytest
 
 lint: $(STAMP)  ## ruff + mypy --strict
