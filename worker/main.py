@@ -17,6 +17,7 @@ from shared.job import log_transition, tracked_job_class
 from shared.redis import connect
 from shared.settings import Settings
 from worker import registry
+from worker.clock import RedisClock, use_redis_time
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class IndexedWorker(BaseWorker):
     """Trim expired index entries during RQ's maintenance; log each transition once it holds."""
 
     index: StatusIndex
+    clock: RedisClock | None = None
 
     def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Start the job as RQ does, then log the transition."""
@@ -56,6 +58,8 @@ class IndexedWorker(BaseWorker):
 
     def run_maintenance_tasks(self) -> None:
         """Run RQ's maintenance, then trim expired index entries."""
+        if self.clock is not None:
+            self.clock.sync()
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         removed = self.index.trim_expired()
         if removed:
@@ -132,6 +136,9 @@ def run(settings: Settings) -> bool:
     connection = connect(settings)
     wait_for_redis(connection)
     worker = build_worker(settings, connection)
+    worker.clock = RedisClock(connection)
+    worker.clock.sync()
+    use_redis_time(worker.clock)
     worker.index.mark_registry()
     logger.info(
         "worker %s (%s) on queue %r", worker.name, settings.worker_class, settings.queue_name
