@@ -57,9 +57,13 @@ pytestmark = pytest.mark.e2e
 
 QUEUE = keys.rq_queue_key("default")
 FAKETIME = shutil.which("faketime")
-needs_faketime = pytest.mark.skipif(
-    FAKETIME is None, reason="faketime is not installed (Debian package faketime)"
-)
+
+
+@pytest.fixture
+def faketime() -> str:
+    """Return the faketime binary; its absence fails the test (`make test` installs it)."""
+    assert FAKETIME, "faketime is not installed: run `make test`, or apt-get install faketime"
+    return FAKETIME
 
 
 def listing(port: int, since_seconds: float = 600) -> dict[str, str]:
@@ -402,7 +406,7 @@ SKEW_SECONDS = {"+7m": 420.0, "-7m": -420.0}
 SKEWED_GRACE = 3.0
 
 
-@needs_faketime
+@pytest.mark.usefixtures("faketime")
 @pytest.mark.parametrize("offset", ["+7m", "-7m"])
 def test_clock_skew_a_worker_records_changes_at_redis_time(
     conn: redis.Redis, env: dict[str, str], offset: str
@@ -431,7 +435,7 @@ def test_clock_skew_a_worker_records_changes_at_redis_time(
         assert job_id not in listing(port, since_seconds=1)
 
 
-@needs_faketime
+@pytest.mark.usefixtures("faketime")
 @pytest.mark.parametrize(
     ("runner_offset", "sweeper_offset"),
     [(None, "+7m"), ("-7m", None)],
