@@ -120,9 +120,15 @@ def webhook_url(value: Any) -> str:
         raise ApiError(400, f"webhook_url must be at most {WEBHOOK_URL_MAX} characters")
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        port = parts.port  # raises ValueError on a malformed port
     except ValueError:
         raise ApiError(400, "webhook_url is not a valid URL") from None
+    if port == 0:
+        raise ApiError(400, "webhook_url must not use port 0")
+    if "\\" in value:
+        # Browsers' URL parsers read a backslash as a slash, Python's does not: refuse a URL
+        # whose host two clients could read differently.
+        raise ApiError(400, "webhook_url must not contain a backslash")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(400, "webhook_url must be an http:// or https:// URL with a host")
     if any(ch.isspace() for ch in value):

@@ -53,16 +53,20 @@ def resolve(host: str, port: int, timeout: float) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
+GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+
+
 def is_public(address: IPAddress) -> bool:
     """Return whether `address` is a globally routable unicast address."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour or _nat64(address)
-        if embedded is not None:
-            return is_public(embedded)
+        if address.ipv4_mapped is not None:
+            return is_public(address.ipv4_mapped)
+        # Outside 2000::/3 lie the forms that embed an IPv4 address without saying so
+        # (IPv4-compatible ::a.b.c.d, IPv4-translated, NAT64): refuse them all.
+        if address not in GLOBAL_UNICAST_V6:
+            return False
+        if address.sixtofour is not None:
+            return is_public(address.sixtofour)
+        if address.teredo is not None:
+            return is_public(address.teredo[1])
     return address.is_global and not address.is_multicast
-
-
-def _nat64(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if address in ipaddress.IPv6Network("64:ff9b::/96"):
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None

@@ -82,6 +82,8 @@ class TrackedWorker(IndexedWorker, Worker):
     def maintain_heartbeats(self, job: Job) -> None:
         """Renew the leases as RQ does, and sweep abandoned jobs when maintenance is due."""
         try:
+            if self.clock is not None:
+                self.clock.sync()
             super().maintain_heartbeats(job)
             # RQ runs maintenance only between jobs; a worker busy with an hour-long job would
             # otherwise never sweep the jobs of a worker that died beside it.

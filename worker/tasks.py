@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from worker.registry import InvalidPayloadError, Payload, task
+
+logger = logging.getLogger(__name__)
 
 MAX_SLEEP_SECONDS = 3600
 MAX_MESSAGE_LENGTH = 10_000
@@ -52,7 +56,11 @@ def sleep(payload: Payload) -> Any:
         if job is not None:
             left = max(0.0, deadline - time.monotonic())
             job.meta["progress"] = round(100 * (1 - left / seconds))
-            job.save_meta()  # type: ignore[no-untyped-call]
+            try:
+                job.save_meta()  # type: ignore[no-untyped-call]
+            except RedisError as exc:
+                # Progress is a courtesy: a Redis hiccup must not fail the job itself.
+                logger.warning("progress of job %s not saved: %s", job.id, exc)
     return {"slept": seconds}
 
 

@@ -92,6 +92,14 @@ HOSTILE_WEBHOOKS = [
     "https://user:pass@127.0.0.1/hook",
     "http://[64:ff9b::7f00:1]/hook",
     "http://[2002:7f00:1::1]/hook",
+    "http://[::127.0.0.1]/hook",
+    "http://[::7f00:1]/hook",
+    "http://[::ffff:0:7f00:1]/hook",
+    "http://[64:ff9b:1::7f00:1]/hook",
+    "http://[fc00::1]/hook",
+    "http://0/hook",
+    "http://127.0.0.1./hook",
+    "http://localhost./hook",
 ]
 
 
@@ -99,7 +107,8 @@ HOSTILE_WEBHOOKS = [
 def test_webhooks_to_non_public_addresses_are_refused(client: FlaskClient, url: str) -> None:
     """A webhook host that is or resolves to a non-public address is a 400, in any spelling."""
     body = assert_envelope(post(client, JOBS, {"task": "echo", "webhook_url": url}), 400)
-    assert "public address" in body["message"]
+    # A trailing-dot name resolves only where a resolver answers; refused either way.
+    assert "public address" in body["message"] or "does not resolve" in body["message"]
 
 
 def test_a_host_that_does_not_resolve_is_refused(client: FlaskClient) -> None:
@@ -154,3 +163,33 @@ def test_hostile_job_ids_never_reach_redis(client: FlaskClient, conn: object, jo
             if "tkj:test:fence" in command["command"]:
                 break
     assert not [line for line in seen if job_id in line], seen
+
+
+@pytest.mark.parametrize(
+    "url", ["http://93.184.216.34:0/hook", "http://93.184.216.34\\@127.0.0.1/hook"]
+)
+def test_webhook_urls_two_parsers_could_read_differently_are_refused(
+    client: FlaskClient, url: str
+) -> None:
+    """Port 0 and backslashes (read as slashes by WHATWG parsers) are refused with 400."""
+    body = assert_envelope(post(client, JOBS, {"task": "echo", "webhook_url": url}), 400)
+    assert "webhook_url" in body["message"]
+
+
+def test_the_key_is_compared_in_constant_time(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key check goes through hmac.compare_digest, for right and wrong keys alike."""
+    import api.auth
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = api.auth.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(api.auth.hmac, "compare_digest", spy)
+    assert_envelope(client.get("/v1/toolkit/authenticate", headers=AUTH), 200)
+    assert_envelope(client.get("/v1/toolkit/authenticate", headers={"x-api-key": "nope"}), 401)
+    assert [given for given, _ in calls] == [API_KEY.encode(), b"nope"]

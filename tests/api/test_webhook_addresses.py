@@ -28,6 +28,10 @@ from api.webhooks import is_public
         "64:ff9b::a00:1",
         "2002:c0a8:101::1",
         "ff02::1",
+        "::127.0.0.1",
+        "::ffff:0:7f00:1",
+        "64:ff9b:1::7f00:1",
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",
     ],
 )
 def test_non_public_addresses(address: str) -> None:
