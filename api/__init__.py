@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 
-from flask import Flask, g
+from flask import Flask
 from redis.exceptions import RedisError
 from rq import Queue
 
 from api import auth, health, jobs
+from api.access import finish_request, start_request
 from api.encoding import FastJSONProvider
-from api.envelope import log_request
 from api.errors import register_error_handlers
 from api.services import EXTENSION, Services
 from shared.index import StatusIndex
@@ -28,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Return the configured Flask app; refuse to build one without an API key."""
     settings = settings if settings is not None else Settings.from_env()
     settings.require_api_key()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     registry.load(settings.task_modules)
 
     app = Flask(__name__)
@@ -48,13 +47,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         # The API still starts: /health says 503 and calls answer 500 until Redis is back.
         logger.warning("could not write the registry marker (Redis unavailable?): %s", exc)
 
-    @app.before_request
-    def start_timer() -> None:
-        g.started = time.perf_counter()
-
+    app.before_request(start_request)
     app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(jobs.bp)
-    app.after_request(log_request)
+    app.after_request(finish_request)
     register_error_handlers(app)
     return app

@@ -93,11 +93,3 @@ def _queue_length() -> int | None:
     except RedisError as exc:
         logger.warning("queue length unavailable for %s %s: %s", request.method, request.path, exc)
         return None
-
-
-def log_request(resp: Response) -> Response:
-    """Log one line for the finished request (never its headers, so never the key)."""
-    started = g.get("started")
-    duration = time.perf_counter() - started if started is not None else 0.0
-    logger.info("%s %s %d %.1fms", request.method, request.path, resp.status_code, duration * 1000)
-    return resp

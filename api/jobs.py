@@ -87,7 +87,7 @@ def submit() -> Response:
             queue_length=full.length,
             max_queue_length=max_queue_length,
         ) from None
-    log_transition(job)
+    log_transition(job, None)
     return reply(
         202,
         "processing",

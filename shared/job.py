@@ -9,7 +9,7 @@ from redis.client import Pipeline
 from rq.job import Job, JobStatus
 
 from shared.index import StatusIndex
-from shared.status import from_rq
+from shared.status import Status, from_rq
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,28 @@ def _refuse_callback(job: Job, name: str | None) -> None:
         logger.warning("job %s names callback %r; callbacks are not run", job.id, name)
 
 
-def log_transition(job: Job) -> None:
-    """Log one line for the status `job` has just reached (call it once the change is written)."""
-    logger.info("job %s (%s) -> %s", job.id, (job.meta or {}).get("task"), from_rq(job._status))
+def log_transition(job: Job, previous: Status | None) -> None:
+    """Log one line for the status `job` has just reached from `previous` (once it is written).
+
+    The duration is the time spent in the previous state: waiting in the queue before
+    `running`, running before an end state.
+    """
+    reached = from_rq(job._status)
+    since = job.enqueued_at if previous is Status.QUEUED else job.started_at
+    until = job.started_at if reached is Status.RUNNING else job.ended_at
+    duration = (until - since).total_seconds() if since and until else None
+    logger.info(
+        "job %s (%s) %s -> %s%s",
+        job.id,
+        (job.meta or {}).get("task"),
+        previous.value if previous else "new",
+        reached.value,
+        f" after {duration:.3f}s" if duration is not None else "",
+        extra={
+            "job_id": job.id,
+            "task": (job.meta or {}).get("task"),
+            "from_status": previous.value if previous else None,
+            "to_status": reached.value,
+            "duration_s": round(duration, 3) if duration is not None else None,
+        },
+    )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from shared.exceptions import ConfigError
+from shared.logs import LogFormat
 
 T = TypeVar("T")
 
@@ -84,6 +85,14 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _log_format(raw: str) -> LogFormat:
+    if raw == "text":
+        return "text"
+    if raw == "json":
+        return "json"
+    raise ValueError("must be 'text' or 'json'")
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -111,6 +120,7 @@ class Settings:
     webhook_allow_private: bool = False
     build_number: str = "0.1.0"
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -155,6 +165,7 @@ class Settings:
             ),
             build_number=read("BUILD_NUMBER", str, defaults.build_number),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
+            log_format=read("LOG_FORMAT", _log_format, defaults.log_format),
         )
 
     def require_api_key(self) -> str:

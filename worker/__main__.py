@@ -17,7 +17,7 @@ def main() -> int:
     except ConfigError as exc:
         sys.stderr.write(f"worker: configuration error: {exc}\n")
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     run(settings)
     return 0
 

@@ -16,6 +16,7 @@ from shared.index import StatusIndex
 from shared.job import log_transition, tracked_job_class
 from shared.redis import connect
 from shared.settings import Settings
+from shared.status import Status
 from worker import registry
 from worker.clock import RedisClock, use_redis_time
 
@@ -44,17 +45,17 @@ class IndexedWorker(BaseWorker):
     def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Start the job as RQ does, then log the transition."""
         super().prepare_job_execution(job, *args, **kwargs)
-        log_transition(job)
+        log_transition(job, Status.QUEUED)
 
     def handle_job_success(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Finish the job as RQ does, then log the transition."""
         super().handle_job_success(job, *args, **kwargs)
-        log_transition(job)
+        log_transition(job, Status.RUNNING)
 
     def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Fail (or stop) the job as RQ does, then log the transition."""
         super().handle_job_failure(job, *args, **kwargs)
-        log_transition(job)
+        log_transition(job, Status.RUNNING)
 
     def run_maintenance_tasks(self) -> None:
         """Run RQ's maintenance, then trim expired index entries."""

@@ -39,7 +39,7 @@ STATUSES = {status.value for status in Status}
 SLEEP_JOB = json.dumps({"task": "sleep", "payload": {"seconds": 0.05}}).encode()
 POLL = json.dumps({"since_seconds": 10}).encode()
 HEADERS = {**AUTH, "Content-Type": "application/json", "Accept": "application/json"}
-TRANSITION = re.compile(r"job (\S+) \(sleep\) -> (running|done)$", re.MULTILINE)
+TRANSITION = re.compile(r"job (\S+) \(sleep\) \S+ -> (running|done)\b", re.MULTILINE)
 
 
 @dataclass

@@ -127,6 +127,7 @@ def test_values_are_cast() -> None:
         ("RETRY_AFTER_SECONDS", "3601"),
         ("LOG_LEVEL", "verbose"),
         ("WEBHOOK_ALLOW_PRIVATE", "maybe"),
+        ("LOG_FORMAT", "xml"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str) -> None:

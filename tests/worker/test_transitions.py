@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
@@ -170,3 +172,29 @@ def test_requeued_failed_job_is_queued(
     assert observe(job_id) == (Status.FAILED, JobStatus.FAILED)
     FailedJobRegistry(queue=queue, job_class=job_class).requeue(job_id)
     assert observe(job_id) == (Status.QUEUED, JobStatus.QUEUED)
+
+
+def test_each_transition_logs_from_to_and_duration(
+    client: FlaskClient,
+    run_worker: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Submission and worker log one line per transition: job id, task, from, to, duration."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        resp = client.post("/v1/toolkit/jobs", json={"task": "echo", "payload": {}}, headers=AUTH)
+        job_id = resp.get_json()["job_id"]
+        run_worker()
+    moves = [
+        (r.from_status, r.to_status, r.duration_s)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "job_id", None) == job_id
+    ]
+    assert [(a, b) for a, b, _ in moves] == [
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "done"),
+    ]
+    assert moves[0][2] is None
+    assert all(duration is not None and duration >= 0 for _, _, duration in moves[1:])

@@ -1,0 +1,47 @@
+"""Per-request bookkeeping: the timer, the request id, and one log line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Response, g, request
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's own request id is kept when it is short and plain; anything else is replaced.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def start_request() -> None:
+    """Start the request's timer and settle its request id."""
+    g.started = time.perf_counter()
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+
+
+def finish_request(resp: Response) -> Response:
+    """Return the request id to the caller and log one line (never headers, so never the key)."""
+    request_id = g.get("request_id", "-")
+    resp.headers[REQUEST_ID_HEADER] = request_id
+    started = g.get("started")
+    duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+    logger.info(
+        "%s %s %d %.1fms id=%s",
+        request.method,
+        request.path,
+        resp.status_code,
+        duration_ms,
+        request_id,
+        extra={
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": resp.status_code,
+            "duration_ms": round(duration_ms, 2),
+        },
+    )
+    return resp
