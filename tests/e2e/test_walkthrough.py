@@ -6,25 +6,13 @@ from typing import Any
 
 import pytest
 
+from tests.api.helpers import ENVELOPE_FIELDS
 from tests.e2e.helpers import call, jobs_status, submit, submit_ok, wait_finished
 from tests.support import free_port, running, start_api, start_worker, wait_until
 
 pytestmark = pytest.mark.e2e
 
-ENVELOPE = {
-    "code",
-    "id",
-    "job_id",
-    "response",
-    "message",
-    "run_time",
-    "queue_time",
-    "total_time",
-    "pid",
-    "queue_id",
-    "queue_length",
-    "build_number",
-}
+ENVELOPE = set(ENVELOPE_FIELDS)
 # The order in which a job's statuses may be observed; polling can skip any of them.
 ORDER = ["queued", "running", "done"]
 
