@@ -153,8 +153,13 @@ class Process:
                 pass
 
 
-def start_api(env: dict[str, str], port: int, workers: int = 2) -> Process:
-    """Start gunicorn serving the API on 127.0.0.1:`port` and wait until /health answers."""
+def start_api(
+    env: dict[str, str], port: int, workers: int = 2, ready_path: str = "/health"
+) -> Process:
+    """Start gunicorn serving the API on 127.0.0.1:`port`; wait until `ready_path` answers 200.
+
+    `/health` needs Redis; `/v1/toolkit/authenticate` (sent with the key) does not.
+    """
     proc = Process(
         [
             str(BIN / "gunicorn"),
@@ -171,8 +176,11 @@ def start_api(env: dict[str, str], port: int, workers: int = 2) -> Process:
 
     def healthy() -> bool:
         assert proc.popen.poll() is None, f"gunicorn exited:\n{proc.output()}"
+        probe = urllib.request.Request(
+            f"http://127.0.0.1:{port}{ready_path}", headers={"x-api-key": API_KEY}
+        )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            with urllib.request.urlopen(probe, timeout=2) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False

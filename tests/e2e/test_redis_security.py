@@ -16,8 +16,6 @@ import redis
 
 from tests.e2e.helpers import HOST, Reply, call, jobs_status, submit, submit_ok, wait_finished
 from tests.support import (
-    BIN,
-    Process,
     RedisServer,
     free_port,
     running,
@@ -198,29 +196,6 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedisServer]:
         server.stop()
 
 
-def start_api_without_redis(env: dict[str, str], port: int) -> Process:
-    """Start gunicorn serving the API and wait until it answers, whether or not Redis does."""
-    proc = Process(
-        [str(BIN / "gunicorn"), "--bind", f"{HOST}:{port}", "--workers", "1", "api:create_app()"],
-        env,
-        name=f"api-{port}",
-    )
-
-    def answering() -> bool:
-        assert proc.popen.poll() is None, f"gunicorn exited:\n{proc.output()}"
-        try:
-            return call(port, "GET", "/v1/toolkit/authenticate", timeout=2).status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_until(answering, timeout=30, interval=0.1)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
-
-
 def assert_fast_envelope(reply: Reply, status: int, message_start: str) -> None:
     """Assert `reply` is a fast JSON envelope with `status` and a message starting so."""
     assert reply.content_type.startswith("application/json"), reply.body
@@ -261,7 +236,7 @@ def test_a_wrong_password_makes_health_a_fast_503_while_the_api_answers(
     url = f"unix://:{WRONG_PASSWORD}@{password_redis.socket}"
     env = service_env(url, REDIS_TIMEOUT=REDIS_TIMEOUT)
     port = free_port()
-    with running(api := start_api_without_redis(env, port)):
+    with running(api := start_api(env, port, workers=1, ready_path="/v1/toolkit/authenticate")):
         health = call(port, "GET", "/health", key=None)
         assert_fast_envelope(health, 503, "Redis unavailable")
         assert health.body["queue_length"] is None
@@ -303,7 +278,7 @@ def test_a_tls_certificate_from_an_unknown_ca_is_refused(tls_redis: TlsRedisServ
     """rediss:// without the test CA refuses the server's certificate: /health is a fast 503."""
     env = service_env(tls_redis.url(with_ca=False), REDIS_TIMEOUT=REDIS_TIMEOUT)
     port = free_port()
-    with running(start_api_without_redis(env, port)):
+    with running(start_api(env, port, workers=1, ready_path="/v1/toolkit/authenticate")):
         health = call(port, "GET", "/health", key=None)
         assert_fast_envelope(health, 503, "Redis unavailable")
         assert "certificate verify failed" in health.body["message"].lower(), health.body
