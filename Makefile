@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := bench/.venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test lint bench bench-smoke clean
+.PHONY: run test lint bench bench-smoke screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ run: $(STAMP)  ## Run API + one worker (and a private redis-server when REDIS_UR
 test: $(STAMP)  ## Run the whole test suite against real redis-server processes
 	bash scripts/ensure-command.sh redis-server redis-server
 	bash scripts/ensure-command.sh faketime faketime
+	bash scripts/ensure-command.sh chromium chromium
 	$(BIN)/pytest
+
+screenshot: $(STAMP)  ## Retake docs/dashboard.png (the headless-Chromium dashboard test, kept)
+	bash scripts/ensure-command.sh redis-server redis-server
+	bash scripts/ensure-command.sh chromium chromium
+	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/pytest -q \
+		tests/e2e/test_dashboard.py::test_headless_chromium_loads_the_dashboard
 
 lint: $(STAMP)  ## ruff + mypy --strict
 	$(BIN)/ruff check .

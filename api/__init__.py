@@ -6,17 +6,13 @@ import logging
 
 from flask import Flask
 from redis.exceptions import RedisError
-from rq import Queue
 
-from api import auth, health, jobs
+from api import auth, dashboard, health, jobs
 from api.access import finish_request, start_request
 from api.encoding import FastJSONProvider
 from api.errors import register_error_handlers
-from api.services import EXTENSION, Services
-from shared.index import StatusIndex
-from shared.job import tracked_job_class
+from api.services import EXTENSION, build_services
 from shared.logs import configure_logging
-from shared.redis import connect
 from shared.settings import Settings
 from worker import registry
 
@@ -36,13 +32,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Flask would answer OPTIONS itself with an empty text/html 200; let it be a JSON 405.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    connection = connect(settings)
-    index = StatusIndex(connection, settings.retention_seconds)
-    job_class = tracked_job_class(index)
-    queue = Queue(settings.queue_name, connection=connection, job_class=job_class)
-    app.extensions[EXTENSION] = Services(settings, connection, index, job_class, queue)
+    svc = build_services(settings)
+    app.extensions[EXTENSION] = svc
     try:
-        index.mark_registry()
+        svc.index.mark_registry()
     except RedisError as exc:
         # The API still starts: /health says 503 and calls answer 500 until Redis is back.
         logger.warning("could not write the registry marker (Redis unavailable?): %s", exc)
@@ -51,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(jobs.bp)
+    dashboard.mount(app, svc)
     app.after_request(finish_request)
     register_error_handlers(app)
     return app

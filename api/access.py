@@ -29,17 +29,19 @@ def finish_request(resp: Response) -> Response:
     resp.headers[REQUEST_ID_HEADER] = request_id
     started = g.get("started")
     duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+    # The full path, /dashboard included when the mounted dashboard answered.
+    path = request.script_root + request.path
     logger.info(
         "%s %s %d %.1fms id=%s",
         request.method,
-        request.path,
+        path,
         resp.status_code,
         duration_ms,
         request_id,
         extra={
             "request_id": request_id,
             "method": request.method,
-            "path": request.path,
+            "path": path,
             "status": resp.status_code,
             "duration_ms": round(duration_ms, 2),
         },

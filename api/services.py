@@ -10,6 +10,8 @@ from rq import Queue
 from rq.job import Job
 
 from shared.index import StatusIndex
+from shared.job import tracked_job_class
+from shared.redis import connect
 from shared.settings import Settings
 
 EXTENSION = "toolkit_jobs"
@@ -30,3 +32,12 @@ def services() -> Services:
     """Return the services of the current app."""
     svc: Services = current_app.extensions[EXTENSION]
     return svc
+
+
+def build_services(settings: Settings) -> Services:
+    """Return the services for `settings`: one Redis connection pool, the index, the queue."""
+    connection = connect(settings)
+    index = StatusIndex(connection, settings.retention_seconds)
+    job_class = tracked_job_class(index)
+    queue = Queue(settings.queue_name, connection=connection, job_class=job_class)
+    return Services(settings, connection, index, job_class, queue)

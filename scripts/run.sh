@@ -46,6 +46,11 @@ if [ -z "${API_KEY:-}" ]; then
   export API_KEY
   echo "generated API_KEY (set API_KEY to choose your own)"
 fi
+if [ -z "${DASHBOARD_PASSWORD:-}" ]; then
+  DASHBOARD_PASSWORD=$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(12))')
+  export DASHBOARD_PASSWORD
+  echo "generated DASHBOARD_PASSWORD (set DASHBOARD_PASSWORD to choose your own)"
+fi
 export PORT="${PORT:-8080}"
 
 "$BIN/gunicorn" 'api:create_app()' &
@@ -58,6 +63,7 @@ cat <<MSG
 toolkit-jobs is running
   API:      http://127.0.0.1:$PORT (listening on 0.0.0.0:$PORT)
   API key:  $API_KEY
+  dashboard: http://127.0.0.1:$PORT/dashboard/ (user ${DASHBOARD_USER:-admin}, password $DASHBOARD_PASSWORD)
   try:      curl -s -X POST http://127.0.0.1:$PORT/v1/toolkit/jobs/status -H "x-api-key: $API_KEY"
 Press Ctrl-C to stop.
 

@@ -18,7 +18,7 @@ QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 WorkerClass = Literal["fork", "simple"]
 # Their values may hold a password: an error names them but never repeats the value.
-SECRET_VARIABLES = frozenset({"API_KEY", "REDIS_URL"})
+SECRET_VARIABLES = frozenset({"API_KEY", "REDIS_URL", "DASHBOARD_PASSWORD"})
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -76,6 +76,13 @@ def _api_key(raw: str) -> str:
     return raw
 
 
+def _user(raw: str) -> str:
+    # HTTP Basic puts a colon between user and password, so a user name cannot hold one.
+    if ":" in raw or not raw.isprintable():
+        raise ValueError("must be printable and hold no colon")
+    return raw
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -121,6 +128,9 @@ class Settings:
     build_number: str = "0.1.0"
     log_level: str = "INFO"
     log_format: LogFormat = "text"
+    dashboard_user: str = "admin"
+    dashboard_password: str | None = None
+    dashboard_port: int = 9181
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +176,9 @@ class Settings:
             build_number=read("BUILD_NUMBER", str, defaults.build_number),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
             log_format=read("LOG_FORMAT", _log_format, defaults.log_format),
+            dashboard_user=read("DASHBOARD_USER", _user, defaults.dashboard_user),
+            dashboard_password=read("DASHBOARD_PASSWORD", _api_key, None),
+            dashboard_port=read("DASHBOARD_PORT", _int(1, 65535), defaults.dashboard_port),
         )
 
     def require_api_key(self) -> str:

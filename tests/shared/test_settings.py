@@ -23,6 +23,9 @@ VARIABLES = [
     "RETRY_AFTER_SECONDS",
     "BUILD_NUMBER",
     "LOG_LEVEL",
+    "DASHBOARD_USER",
+    "DASHBOARD_PASSWORD",
+    "DASHBOARD_PORT",
 ]
 
 
@@ -46,6 +49,9 @@ def test_defaults_without_any_variable() -> None:
     assert settings.retry_after_seconds == 5
     assert settings.build_number == "0.1.0"
     assert settings.log_level == "INFO"
+    assert settings.dashboard_user == "admin"
+    assert settings.dashboard_password is None
+    assert settings.dashboard_port == 9181
 
 
 @pytest.mark.parametrize("name", VARIABLES)
@@ -73,6 +79,9 @@ def test_values_are_cast() -> None:
             "RETRY_AFTER_SECONDS": "9",
             "BUILD_NUMBER": "1.2.3",
             "LOG_LEVEL": "debug",
+            "DASHBOARD_USER": "ops team",
+            "DASHBOARD_PASSWORD": "p" * 8,
+            "DASHBOARD_PORT": "9999",
         }
     )
     assert settings == Settings(
@@ -91,6 +100,9 @@ def test_values_are_cast() -> None:
         retry_after_seconds=9,
         build_number="1.2.3",
         log_level="DEBUG",
+        dashboard_user="ops team",
+        dashboard_password="p" * 8,
+        dashboard_port=9999,
     )
 
 
@@ -128,6 +140,10 @@ def test_values_are_cast() -> None:
         ("LOG_LEVEL", "verbose"),
         ("WEBHOOK_ALLOW_PRIVATE", "maybe"),
         ("LOG_FORMAT", "xml"),
+        ("DASHBOARD_USER", "ad:min"),
+        ("DASHBOARD_USER", "tab\there"),
+        ("DASHBOARD_PASSWORD", "short"),
+        ("DASHBOARD_PORT", "0"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str) -> None:
@@ -139,7 +155,11 @@ def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str
 
 @pytest.mark.parametrize(
     ("name", "secret"),
-    [("API_KEY", "hunter2"), ("REDIS_URL", "redis:/:s3cret-pass@cache.internal:6379/0")],
+    [
+        ("API_KEY", "hunter2"),
+        ("REDIS_URL", "redis:/:s3cret-pass@cache.internal:6379/0"),
+        ("DASHBOARD_PASSWORD", "hunter2"),
+    ],
 )
 def test_rejected_secret_is_not_echoed(name: str, secret: str) -> None:
     """Rejecting a value that holds a secret names the variable without repeating the value."""

@@ -1,0 +1,188 @@
+"""rq-dashboard behind HTTP Basic: at /dashboard in the API, or alone (python -m api.dashboard)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import rq_dashboard
+from flask import Blueprint, Flask, Response, request
+from redis import Redis
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from api.access import finish_request, start_request
+from api.encoding import FastJSONProvider
+from api.errors import ApiError, register_error_handlers
+from api.services import EXTENSION, Services, build_services
+from shared.exceptions import ConfigError
+from shared.logs import configure_logging
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/dashboard"
+REALM = 'Basic realm="toolkit-jobs dashboard", charset="UTF-8"'
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+# Answers /dashboard when no password is configured: refused, never open.
+disabled_bp = Blueprint("dashboard_disabled", __name__)
+
+
+@disabled_bp.route(PREFIX, methods=["GET", "HEAD", "POST"])
+@disabled_bp.route(f"{PREFIX}/", methods=["GET", "HEAD", "POST"])
+@disabled_bp.route(f"{PREFIX}/<path:rest>", methods=["GET", "HEAD", "POST"])
+def disabled(rest: str = "") -> Response:
+    """Refuse every dashboard page while DASHBOARD_PASSWORD is unset."""
+    raise ApiError(403, "Dashboard disabled: set DASHBOARD_PASSWORD to enable it")
+
+
+def mount(app: Flask, services: Services) -> None:
+    """Serve the dashboard under /dashboard when a password is set, else refuse it there."""
+    if services.settings.dashboard_password is None:
+        app.register_blueprint(disabled_bp)
+        return
+    dashboard = create_dashboard_app(services)
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {PREFIX: dashboard})  # type: ignore[method-assign]
+
+
+def create_dashboard_app(services: Services) -> Flask:
+    """Return rq-dashboard as its own Flask app, on the service's Redis connection."""
+    settings = services.settings
+    if settings.dashboard_password is None:
+        raise ConfigError("DASHBOARD_PASSWORD is not set: the dashboard is never served open")
+    dashboard = Flask("rq_dashboard")
+    dashboard.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    dashboard.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    dashboard.json = FastJSONProvider(dashboard)
+    # Deleting jobs or emptying registries behind the status index's back would leave it
+    # listing jobs that no longer exist; requeueing is allowed (the worker records it).
+    dashboard.config["RQ_DASHBOARD_DISABLE_DELETE"] = True
+    # Shown in the page's instance picker: never the password or the query string.
+    dashboard.config["RQ_DASHBOARD_REDIS_URL"] = [display_url(settings.redis_url)]
+    dashboard.extensions[EXTENSION] = services
+    dashboard.before_request(start_request)
+    credentials = (settings.dashboard_user, settings.dashboard_password)
+    dashboard.before_request(_basic_auth_check(*credentials))
+    dashboard.before_request(_same_origin_check)
+    dashboard.before_request(_single_instance)
+    dashboard.register_blueprint(rq_dashboard.blueprint)
+    _use_connection(dashboard, services.redis)
+    dashboard.after_request(finish_request)
+    register_error_handlers(dashboard)
+    return dashboard
+
+
+def display_url(redis_url: str) -> str:
+    """Return the Redis URL without credentials or query string, for display."""
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _use_connection(dashboard: Flask, connection: Redis) -> None:
+    """Point every dashboard view at `connection` (socket timeouts, one pool per process)."""
+    # rq-dashboard's own hook opens a new client from the URL on every request, with no
+    # timeouts; the views only read `current_app.redis_conn`, so set it once instead.
+    dashboard.redis_conn = connection  # type: ignore[attr-defined]
+    hooks = dashboard.before_request_funcs.get(rq_dashboard.blueprint.name, [])
+    dashboard.before_request_funcs[rq_dashboard.blueprint.name] = [
+        hook for hook in hooks if getattr(hook, "__name__", "") != "push_rq_connection"
+    ]
+    if len(dashboard.before_request_funcs[rq_dashboard.blueprint.name]) != len(hooks) - 1:
+        raise RuntimeError("rq-dashboard's push_rq_connection hook not found: version changed?")
+
+
+def _single_instance() -> None:
+    """Refuse instance numbers other than 0: this dashboard shows one Redis."""
+    if (request.view_args or {}).get("instance_number", 0) != 0:
+        raise ApiError(404, "Not Found")
+
+
+def _basic_auth_check(user: str, password: str) -> Callable[[], None]:
+    """Return a hook refusing requests without the dashboard's Basic credentials (401)."""
+    expected_user = user.encode()
+    expected_password = password.encode()
+
+    def check() -> None:
+        auth = request.authorization
+        given_user = given_password = b""
+        if auth is not None and auth.type == "basic":
+            given_user = (auth.username or "").encode("utf-8", "surrogateescape")
+            given_password = (auth.password or "").encode("utf-8", "surrogateescape")
+        # Both compared, in constant time, whatever the first one says.
+        user_ok = hmac.compare_digest(given_user, expected_user)
+        password_ok = hmac.compare_digest(given_password, expected_password)
+        if not (user_ok and password_ok):
+            raise ApiError(401, "Unauthorized", headers={"WWW-Authenticate": REALM})
+
+    return check
+
+
+def _same_origin_check() -> None:
+    """Refuse a state-changing request sent by another site's page (CSRF)."""
+    if request.method in SAFE_METHODS:
+        return
+    # A browser sends the credentials it cached for this site along with any form another
+    # site posts here; it also says where the form came from, and that must be here.
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise ApiError(403, "Cross-site request refused")
+    if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin", "none"):
+        raise ApiError(403, "Cross-site request refused")
+
+
+def main() -> None:
+    """Serve the dashboard alone with gunicorn on DASHBOARD_PORT (the compose service)."""
+    # Imported here: the API itself never needs gunicorn's application machinery.
+    from gunicorn.app.base import BaseApplication
+
+    try:
+        settings = Settings.from_env()
+        if settings.dashboard_password is None:
+            raise ConfigError("DASHBOARD_PASSWORD is not set: the dashboard is never served open")
+    except ConfigError as exc:
+        sys.stderr.write(f"dashboard: configuration error: {exc}\n")
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.log_format)
+    # Served at /dashboard, the same address as inside the API; / redirects there.
+    root = DispatcherMiddleware(
+        _redirect_to(PREFIX), {PREFIX: create_dashboard_app(build_services(settings))}
+    )
+
+    class Standalone(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {
+                "bind": f"0.0.0.0:{settings.dashboard_port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": 4,
+                "timeout": 30,
+                "control_socket_disable": True,
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> DispatcherMiddleware:
+            return root
+
+    Standalone().run()
+
+
+def _redirect_to(location: str) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
+    """Return a WSGI app that redirects every request to `location`."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("302 Found", [("Location", f"{location}/"), ("Content-Length", "0")])
+        return []
+
+    return app
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""rq-dashboard inside the API: Basic auth, refused when unconfigured, read-mostly, JSON errors."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq.job import Job, JobStatus
+from werkzeug.test import TestResponse
+
+from api.dashboard import display_url
+from shared import keys
+from shared.status import Status
+from tests.api.conftest import UNREACHABLE_REDIS
+from tests.api.helpers import JOBS, JOBS_STATUS, assert_envelope, submit
+from tests.support import AUTH
+
+PASSWORD = "dashboard-secret-42"
+QUEUES = "/dashboard/0/data/queues.json"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    """Return the Authorization header of HTTP Basic for `user` and `password`."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+LOGIN = basic("admin", PASSWORD)
+
+
+@pytest.fixture
+def dash(make_app: Callable[..., Flask]) -> FlaskClient:
+    """Return a client of an app whose dashboard has a password."""
+    return make_app(dashboard_password=PASSWORD).test_client()
+
+
+def listed(client: FlaskClient, registry: str) -> list[str]:
+    """Return the job ids the dashboard lists in `registry` of the default queue."""
+    resp = client.get(f"/dashboard/0/data/jobs/default/{registry}/100/asc/1.json", headers=LOGIN)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return [job["id"] for job in resp.get_json()["jobs"]]
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/", QUEUES, "/dashboard/static/x.css"])
+def test_without_a_password_the_dashboard_is_refused(client: FlaskClient, path: str) -> None:
+    """No DASHBOARD_PASSWORD: every dashboard path is a JSON 403, credentials or not."""
+    for headers in ({}, LOGIN, AUTH):
+        body = assert_envelope(client.get(path, headers=headers), 403)
+        assert body["message"] == "Dashboard disabled: set DASHBOARD_PASSWORD to enable it"
+    assert_envelope(client.post(path, headers=LOGIN), 403)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic("admin", "wrong-password"),
+        basic("someone", PASSWORD),
+        basic("admin", PASSWORD + "x"),
+        basic("", ""),
+        AUTH,
+        {"Authorization": f"Bearer {PASSWORD}"},
+        {"Authorization": "Basic not-base64!"},
+    ],
+    ids=["none", "password", "user", "longer", "empty", "api-key", "bearer", "garbled"],
+)
+def test_wrong_credentials_get_a_json_401_with_a_challenge(
+    dash: FlaskClient, headers: dict[str, str]
+) -> None:
+    """Anything but admin's Basic credentials is a JSON 401 asking for Basic auth."""
+    for path in ("/dashboard/", QUEUES, "/dashboard/0/view/workers"):
+        resp = dash.get(path, headers=headers)
+        body = assert_envelope(resp, 401)
+        assert body["message"] == "Unauthorized"
+        assert resp.headers["WWW-Authenticate"].startswith('Basic realm="toolkit-jobs dashboard"')
+
+
+def test_the_right_credentials_open_the_page_and_its_json(dash: FlaskClient) -> None:
+    """admin and the password open the HTML page, its JSON and its static files."""
+    page = dash.get("/dashboard/", headers=LOGIN)
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    # The page links its scripts under the mount point, so a browser finds them.
+    assert 'src="/dashboard/static/js/jquery-3.5.1.min.js"' in page.get_data(as_text=True)
+    with dash.get("/dashboard/static/js/jquery-3.5.1.min.js", headers=LOGIN) as script:
+        assert script.status_code == 200
+        assert script.mimetype == "text/javascript"
+    assert dash.get(QUEUES, headers=LOGIN).get_json() == {"queues": []}
+
+
+def test_a_configured_user_name_replaces_admin(make_app: Callable[..., Flask]) -> None:
+    """DASHBOARD_USER names the one user; admin is then refused."""
+    client = make_app(dashboard_user="ops", dashboard_password=PASSWORD).test_client()
+    assert client.get(QUEUES, headers=basic("ops", PASSWORD)).status_code == 200
+    assert_envelope(client.get(QUEUES, headers=LOGIN), 401)
+
+
+def test_credentials_are_compared_in_constant_time(
+    dash: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User and password both go through hmac.compare_digest, even when the user is wrong."""
+    import api.dashboard
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = api.dashboard.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(api.dashboard.hmac, "compare_digest", spy)
+    assert_envelope(dash.get(QUEUES, headers=basic("nobody", "guess")), 401)
+    assert dash.get(QUEUES, headers=LOGIN).status_code == 200
+    assert calls == [
+        (b"nobody", b"admin"),
+        (b"guess", PASSWORD.encode()),
+        (b"admin", b"admin"),
+        (PASSWORD.encode(), PASSWORD.encode()),
+    ]
+
+
+def test_json_lists_jobs_in_the_registries_rq_puts_them_in(
+    dash: FlaskClient, run_worker: Callable[..., Any]
+) -> None:
+    """Jobs submitted through the API and run show up as finished, failed and queued."""
+    done = submit(dash, "echo", {"n": 1})
+    failed = submit(dash, "fail", {"message": "on purpose"})
+    run_worker()
+    waiting = submit(dash, "echo", {"n": 2})
+    (queue,) = dash.get(QUEUES, headers=LOGIN).get_json()["queues"]
+    assert (queue["name"], queue["count"]) == ("default", 1)
+    assert queue["finished_job_registry_count"] == 1
+    assert queue["failed_job_registry_count"] == 1
+    assert listed(dash, "finished") == [done]
+    assert listed(dash, "failed") == [failed]
+    assert listed(dash, "queued") == [waiting]
+    job = dash.get(f"/dashboard/0/data/job/{done}.json", headers=LOGIN).get_json()
+    assert (job["id"], job["status"]) == (done, "finished")
+
+
+def test_deleting_and_emptying_are_disabled_so_the_index_stays_true(
+    dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any]
+) -> None:
+    """Delete and empty answer DISABLED and leave the job, RQ's registry and the index alone."""
+    failed = submit(dash, "fail", {"message": "keep me"})
+    run_worker()
+    for path in (f"/dashboard/job/{failed}/delete", "/dashboard/queue/default/failed/empty"):
+        resp = dash.post(path, headers=LOGIN)
+        assert resp.get_json() == {"status": "DISABLED"}
+    assert Job.fetch(failed, connection=conn).get_status() == JobStatus.FAILED
+    assert listed(dash, "failed") == [failed]
+    assert conn.zscore(keys.status_index_key(Status.FAILED), failed) is not None
+
+
+def test_a_requeue_from_the_dashboard_is_recorded_when_the_job_runs_again(
+    dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any]
+) -> None:
+    """Requeueing a failed job (same-origin POST) runs it again; the index follows RQ."""
+    failed = submit(dash, "fail", {"message": "twice"})
+    run_worker()
+    failed_key = keys.status_index_key(Status.FAILED)
+    first_failure = conn.zscore(failed_key, failed)
+    assert first_failure is not None
+    resp = dash.post(
+        f"/dashboard/job/{failed}/requeue",
+        headers={**LOGIN, "Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert listed(dash, "queued") == [failed]
+    run_worker()
+    assert Job.fetch(failed, connection=conn).get_status() == JobStatus.FAILED
+    statuses = assert_envelope(dash.post(JOBS_STATUS, headers=AUTH, json={}), 200)["response"]
+    assert statuses == {failed: "failed"}
+    # Its index entry moved again when the worker ran it the second time.
+    second_failure = conn.zscore(failed_key, failed)
+    assert second_failure is not None and second_failure > first_failure
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}],
+    ids=["origin", "sec-fetch-site"],
+)
+def test_cross_site_posts_are_refused(
+    dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any], headers: dict[str, str]
+) -> None:
+    """A POST another site's page makes with the cached credentials is a JSON 403, no effect."""
+    failed = submit(dash, "fail", {"message": "stay failed"})
+    run_worker()
+    resp = dash.post(f"/dashboard/job/{failed}/requeue", headers={**LOGIN, **headers})
+    assert_envelope(resp, 403)
+    assert resp.get_json()["message"] == "Cross-site request refused"
+    assert Job.fetch(failed, connection=conn).get_status() == JobStatus.FAILED
+
+
+def test_only_instance_zero_exists(dash: FlaskClient) -> None:
+    """The dashboard shows one Redis: instance 1 is a JSON 404, and only after the login."""
+    assert_envelope(dash.get("/dashboard/1/data/queues.json"), 401)
+    assert_envelope(dash.get("/dashboard/1/data/queues.json", headers=LOGIN), 404)
+
+
+def test_unknown_dashboard_paths_and_methods_are_json(dash: FlaskClient) -> None:
+    """Unknown paths are a JSON 404 and unsupported methods a JSON 405, never an HTML page."""
+    assert_envelope(dash.get("/dashboard/nope", headers=LOGIN), 404)
+    assert_envelope(dash.put(QUEUES, headers=LOGIN), 405)
+    assert_envelope(dash.options(QUEUES, headers=LOGIN), 405)
+
+
+def test_redis_down_gives_a_json_error(make_app: Callable[..., Flask]) -> None:
+    """With Redis unreachable the dashboard's JSON answers a JSON 500 envelope, not HTML."""
+    client = make_app(
+        redis_url=UNREACHABLE_REDIS, redis_timeout=0.5, dashboard_password=PASSWORD
+    ).test_client()
+    body = assert_envelope(client.get(QUEUES, headers=LOGIN), 500)
+    assert body["message"].startswith("Redis error")
+
+
+def test_the_api_is_untouched_by_the_mount(dash: FlaskClient) -> None:
+    """With the dashboard mounted, the API's own routes answer as before."""
+    assert_envelope(dash.get("/health"), 200)
+    assert_envelope(dash.post(JOBS, headers=AUTH, json={"task": "echo", "payload": {}}), 202)
+    assert_envelope(dash.get("/dashboardx"), 404)
+
+
+def test_requests_to_the_dashboard_are_logged_with_their_full_path(
+    dash: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access log names /dashboard/..., never the credentials."""
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        dash.get(QUEUES, headers=LOGIN)
+    (record,) = [r for r in caplog.records if r.name == "api.access"]
+    assert record.path == QUEUES  # type: ignore[attr-defined]
+    assert record.status == 200  # type: ignore[attr-defined]
+    assert PASSWORD not in record.getMessage()
+
+
+def test_the_page_never_shows_redis_credentials(make_app: Callable[..., Flask]) -> None:
+    """The instance picker shows the Redis URL without its password or query."""
+    app = make_app(dashboard_password=PASSWORD)
+    page: TestResponse = app.test_client().get("/dashboard/", headers=LOGIN)
+    shown = display_url(app.extensions["toolkit_jobs"].settings.redis_url)
+    assert shown in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@redis:6379/0", "redis://redis:6379/0"),
+        ("redis://user:s3cret@10.0.0.5/2", "redis://10.0.0.5/2"),
+        (
+            "rediss://:s3cret@cache.example:6380/0?ssl_ca_certs=/ca.pem",
+            "rediss://cache.example:6380/0",
+        ),
+        ("unix:///run/redis.sock?password=s3cret&db=1", "unix:///run/redis.sock"),
+    ],
+)
+def test_display_url_drops_credentials_and_query(url: str, shown: str) -> None:
+    """display_url keeps scheme, host, port and path, and nothing secret."""
+    assert display_url(url) == shown
+    assert "s3cret" not in display_url(url)
