@@ -121,6 +121,7 @@ class Settings:
     build_number: str = "0.1.0"
     log_level: str = "INFO"
     log_format: LogFormat = "text"
+    api_workers: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +167,7 @@ class Settings:
             build_number=read("BUILD_NUMBER", str, defaults.build_number),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
             log_format=read("LOG_FORMAT", _log_format, defaults.log_format),
+            api_workers=read("WEB_CONCURRENCY", _int(1, 64), defaults.api_workers),
         )
 
     def require_api_key(self) -> str:
