@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := bench/.venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test lint bench bench-smoke screenshot clean
+.PHONY: run test lint check-deploy bench bench-smoke screenshot clean
 
-$(STAMP): pyproject.toml
+# The runtime dependencies at the image's exact pins (constraints.txt); dev tools float.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## Run API + one worker (and a private redis-server when REDIS_URL is unset)
@@ -30,10 +31,14 @@ screenshot: $(STAMP)  ## Retake docs/dashboard.png (the headless-Chromium dashbo
 	DASHBOARD_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/pytest -q \
 		tests/e2e/test_dashboard.py::test_headless_chromium_loads_the_dashboard
 
-lint: $(STAMP)  ## ruff + mypy --strict
+lint: $(STAMP) check-deploy  ## ruff + mypy --strict + the deployment files' checks
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+check-deploy: $(STAMP)  ## docker-compose.yml against the compose spec, hadolint on the Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/hadolint Dockerfile
 
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 	$(PYTHON) -m venv $(BENCH_VENV)

@@ -16,6 +16,7 @@ except ConfigError as exc:
     sys.exit(2)
 
 bind = f"0.0.0.0:{_settings.port}"
+workers = _settings.api_workers
 worker_class = "gthread"
 threads = 4
 # Every Redis call has a socket timeout far below this; a request that still takes this long

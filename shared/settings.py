@@ -131,6 +131,7 @@ class Settings:
     dashboard_user: str = "admin"
     dashboard_password: str | None = None
     dashboard_port: int = 9181
+    api_workers: int = 2
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -179,6 +180,7 @@ class Settings:
             dashboard_user=read("DASHBOARD_USER", _user, defaults.dashboard_user),
             dashboard_password=read("DASHBOARD_PASSWORD", _api_key, None),
             dashboard_port=read("DASHBOARD_PORT", _int(1, 65535), defaults.dashboard_port),
+            api_workers=read("WEB_CONCURRENCY", _int(1, 64), defaults.api_workers),
         )
 
     def require_api_key(self) -> str:

@@ -26,6 +26,7 @@ VARIABLES = [
     "DASHBOARD_USER",
     "DASHBOARD_PASSWORD",
     "DASHBOARD_PORT",
+    "WEB_CONCURRENCY",
 ]
 
 
@@ -144,6 +145,9 @@ def test_values_are_cast() -> None:
         ("DASHBOARD_USER", "tab\there"),
         ("DASHBOARD_PASSWORD", "short"),
         ("DASHBOARD_PORT", "0"),
+        ("WEB_CONCURRENCY", "0"),
+        ("WEB_CONCURRENCY", "65"),
+        ("WEB_CONCURRENCY", "many"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str) -> None:
@@ -197,3 +201,10 @@ def test_settings_are_frozen() -> None:
     settings = Settings.from_env({})
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_web_concurrency_sets_the_api_workers() -> None:
+    """WEB_CONCURRENCY (1-64, default 2) is read as the number of gunicorn workers."""
+    assert Settings.from_env({}).api_workers == 2
+    assert Settings.from_env({"WEB_CONCURRENCY": " 8 "}).api_workers == 8
+    assert Settings.from_env({"WEB_CONCURRENCY": "64"}).api_workers == 64
