@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from shared.exceptions import ConfigError
 from shared.settings import Settings
@@ -27,3 +32,32 @@ accesslog = None
 # gunicorn 25.1+ opens a control socket at one fixed per-user path; several instances on one
 # host (two APIs, tests) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+# prometheus_client's multiprocess mode: each worker writes its metrics to files in one
+# directory and a scrape of any worker sums them all. The variable must be set here, in the
+# master, before any worker imports prometheus_client (nothing in this file imports it at the
+# top level for that reason). Unset, each start gets a private fresh directory.
+_created_metrics_dir: str | None = None
+_metrics_dir = _settings.prometheus_multiproc_dir
+if _metrics_dir is None:
+    _metrics_dir = _created_metrics_dir = tempfile.mkdtemp(prefix="toolkit-jobs-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def on_starting(server: Any) -> None:
+    """Remove metric files a previous run left in the directory, so counts start at zero."""
+    for stale in Path(str(_metrics_dir)).glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Let prometheus_client drop a dead worker's live gauges (its counters stay counted)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the private metrics directory this start created."""
+    if _created_metrics_dir is not None:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)

@@ -8,7 +8,7 @@ from flask import Flask
 from redis.exceptions import RedisError
 from rq import Queue
 
-from api import auth, health, jobs
+from api import auth, health, jobs, metrics
 from api.access import finish_request, start_request
 from api.encoding import FastJSONProvider
 from api.errors import register_error_handlers
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(metrics.bp)
     app.after_request(finish_request)
     register_error_handlers(app)
     return app

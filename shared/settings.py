@@ -76,6 +76,12 @@ def _api_key(raw: str) -> str:
     return raw
 
 
+def _directory(raw: str) -> str:
+    if not os.path.isdir(raw):
+        raise ValueError("must name an existing directory")
+    return raw
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -121,6 +127,9 @@ class Settings:
     build_number: str = "0.1.0"
     log_level: str = "INFO"
     log_format: LogFormat = "text"
+    # Where prometheus_client's multiprocess mode keeps each gunicorn worker's metric files;
+    # gunicorn.conf.py makes a private one when unset. None: one process, plain metrics.
+    prometheus_multiproc_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -166,6 +175,7 @@ class Settings:
             build_number=read("BUILD_NUMBER", str, defaults.build_number),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
             log_format=read("LOG_FORMAT", _log_format, defaults.log_format),
+            prometheus_multiproc_dir=read("PROMETHEUS_MULTIPROC_DIR", _directory, None),
         )
 
     def require_api_key(self) -> str:

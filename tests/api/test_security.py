@@ -13,6 +13,8 @@ from tests.api.helpers import JOBS, assert_envelope, post
 from tests.support import API_KEY, AUTH
 
 OPEN_ROUTES = {"/health"}
+# Outside /v1 but keyed like it (the key may also come as a Bearer token).
+KEYED_ROUTES = {"/metrics"}
 
 
 def _routes(app: Flask) -> list[tuple[str, str]]:
@@ -25,17 +27,21 @@ def _routes(app: Flask) -> list[tuple[str, str]]:
 
 
 def test_the_url_map_holds_only_known_open_routes(app: Flask) -> None:
-    """Every route outside /v1 is in the short list of routes open without a key."""
+    """Every route outside /v1 is in the short lists of open routes and keyed routes."""
     outside = {rule for rule, _ in _routes(app) if not rule.startswith("/v1/")}
-    assert outside == OPEN_ROUTES
+    assert outside == OPEN_ROUTES | KEYED_ROUTES
 
 
 @pytest.mark.parametrize("key", [None, "", "wrong-key-0123456789", API_KEY[:-1], API_KEY + "x"])
 def test_every_v1_route_refuses_a_missing_or_wrong_key(app: Flask, key: str | None) -> None:
-    """Each /v1 route and method in the URL map answers 401 without the right key."""
+    """Each /v1 and keyed route and method in the URL map answers 401 without the right key."""
     client = app.test_client()
     headers = {} if key is None else {"x-api-key": key}
-    routes = [(rule, method) for rule, method in _routes(app) if rule.startswith("/v1/")]
+    routes = [
+        (rule, method)
+        for rule, method in _routes(app)
+        if rule.startswith("/v1/") or rule in KEYED_ROUTES
+    ]
     assert routes, "no /v1 routes found"
     for rule, method in routes:
         resp = client.open(rule, method=method, headers=headers, json={})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.exceptions import ConfigError
@@ -23,6 +25,7 @@ VARIABLES = [
     "RETRY_AFTER_SECONDS",
     "BUILD_NUMBER",
     "LOG_LEVEL",
+    "PROMETHEUS_MULTIPROC_DIR",
 ]
 
 
@@ -46,6 +49,7 @@ def test_defaults_without_any_variable() -> None:
     assert settings.retry_after_seconds == 5
     assert settings.build_number == "0.1.0"
     assert settings.log_level == "INFO"
+    assert settings.prometheus_multiproc_dir is None
 
 
 @pytest.mark.parametrize("name", VARIABLES)
@@ -54,7 +58,7 @@ def test_empty_value_means_default(name: str) -> None:
     assert Settings.from_env({name: ""}) == Settings()
 
 
-def test_values_are_cast() -> None:
+def test_values_are_cast(tmp_path: Path) -> None:
     """Every variable is read and cast to its type."""
     settings = Settings.from_env(
         {
@@ -73,6 +77,7 @@ def test_values_are_cast() -> None:
             "RETRY_AFTER_SECONDS": "9",
             "BUILD_NUMBER": "1.2.3",
             "LOG_LEVEL": "debug",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
         }
     )
     assert settings == Settings(
@@ -91,6 +96,7 @@ def test_values_are_cast() -> None:
         retry_after_seconds=9,
         build_number="1.2.3",
         log_level="DEBUG",
+        prometheus_multiproc_dir=str(tmp_path),
     )
 
 
@@ -128,6 +134,7 @@ def test_values_are_cast() -> None:
         ("LOG_LEVEL", "verbose"),
         ("WEBHOOK_ALLOW_PRIVATE", "maybe"),
         ("LOG_FORMAT", "xml"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str) -> None:
