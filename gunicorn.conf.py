@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -33,20 +34,29 @@ accesslog = None
 # host (two APIs, tests) would fight over it, and nothing here uses it.
 control_socket_disable = True
 
+
+def _remove_private_dir(path: str, master_pid: int) -> None:
+    """Remove the private metrics directory, from the gunicorn master only."""
+    # atexit, not gunicorn's on_exit: a master that fails to start (port in use) skips
+    # on_exit. Workers inherit the handler and exit through it too, hence the pid check.
+    if os.getpid() == master_pid:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # prometheus_client's multiprocess mode: each worker writes its metrics to files in one
 # directory and a scrape of any worker sums them all. The variable must be set here, in the
 # master, before any worker imports prometheus_client (nothing in this file imports it at the
 # top level for that reason). Unset, each start gets a private fresh directory.
-_created_metrics_dir: str | None = None
 _metrics_dir = _settings.prometheus_multiproc_dir
 if _metrics_dir is None:
-    _metrics_dir = _created_metrics_dir = tempfile.mkdtemp(prefix="toolkit-jobs-metrics-")
+    _metrics_dir = tempfile.mkdtemp(prefix="toolkit-jobs-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    atexit.register(_remove_private_dir, _metrics_dir, os.getpid())
 
 
 def on_starting(server: Any) -> None:
     """Remove metric files a previous run left in the directory, so counts start at zero."""
-    for stale in Path(str(_metrics_dir)).glob("*.db"):
+    for stale in Path(_metrics_dir).glob("*.db"):
         stale.unlink()
 
 
@@ -55,9 +65,3 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-
-
-def on_exit(server: Any) -> None:
-    """Remove the private metrics directory this start created."""
-    if _created_metrics_dir is not None:
-        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
