@@ -43,20 +43,19 @@ def _remove_private_dir(path: str, master_pid: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# prometheus_client's multiprocess mode: each worker writes its metrics to files in one
-# directory and a scrape of any worker sums them all. The variable must be set here, in the
-# master, before any worker imports prometheus_client (nothing in this file imports it at the
-# top level for that reason). Unset, each start gets a private fresh directory.
-_metrics_dir = _settings.prometheus_multiproc_dir
-if _metrics_dir is None:
-    _metrics_dir = tempfile.mkdtemp(prefix="toolkit-jobs-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
-    atexit.register(_remove_private_dir, _metrics_dir, os.getpid())
-
-
 def on_starting(server: Any) -> None:
-    """Remove metric files a previous run left in the directory, so counts start at zero."""
-    for stale in Path(_metrics_dir).glob("*.db"):
+    """Give the workers an empty directory for prometheus_client's multiprocess mode."""
+    # Each worker writes its metrics to files there and a scrape of any worker sums them all.
+    # The variable is set here, in the master before it forks (and not when this file is
+    # read, which tools and tests do too), so every worker's prometheus_client and Settings
+    # see it. Without preload_app nothing imports prometheus_client in the master before.
+    directory = _settings.prometheus_multiproc_dir
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="toolkit-jobs-metrics-")
+        atexit.register(_remove_private_dir, directory, os.getpid())
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    # A directory reused from an earlier run holds its counts: start from zero.
+    for stale in Path(directory).glob("*.db"):
         stale.unlink()
 
 
