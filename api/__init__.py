@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 from redis.exceptions import RedisError
 
-from api import auth, dashboard, health, jobs
+from api import auth, dashboard, health, jobs, metrics
 from api.access import finish_request, start_request
 from api.encoding import FastJSONProvider
 from api.errors import register_error_handlers
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(metrics.bp)
     dashboard.mount(app, svc)
     app.after_request(finish_request)
     register_error_handlers(app)

@@ -1,4 +1,4 @@
-"""Per-request bookkeeping: the timer, the request id, and one log line per request."""
+"""Per-request bookkeeping: the timer, the request id, one log line and one latency sample."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 import uuid
 
 from flask import Response, g, request
+
+from api.metrics import observe_request
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +26,16 @@ def start_request() -> None:
 
 
 def finish_request(resp: Response) -> Response:
-    """Return the request id to the caller and log one line (never headers, so never the key)."""
+    """Return the request id, log one line (never headers, so never the key), time the request."""
     request_id = g.get("request_id", "-")
     resp.headers[REQUEST_ID_HEADER] = request_id
     started = g.get("started")
     duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
     # The full path, /dashboard included when the mounted dashboard answered.
     path = request.script_root + request.path
+    observe_request(
+        request.method, request.url_rule, resp.status_code, duration_ms / 1000, request.script_root
+    )
     logger.info(
         "%s %s %d %.1fms id=%s",
         request.method,

@@ -17,11 +17,27 @@ bp = Blueprint("auth", __name__)
 
 def require_api_key() -> None:
     """Refuse the request with 401 unless it carries the configured key."""
-    expected = services().settings.require_api_key().encode()
-    given = request.headers.get(API_KEY_HEADER, "").encode("utf-8", "surrogateescape")
-    # compare_digest takes the same time wherever the first difference lies.
-    if not hmac.compare_digest(given, expected):
+    if not _is_key(request.headers.get(API_KEY_HEADER, "")):
         raise ApiError(401, "Unauthorized")
+
+
+def require_api_key_or_bearer() -> None:
+    """Refuse with 401 unless the key comes in x-api-key or as `Authorization: Bearer <key>`."""
+    bearer = bearer_token(request.headers.get("Authorization", ""))
+    if not (_is_key(request.headers.get(API_KEY_HEADER, "")) or _is_key(bearer)):
+        raise ApiError(401, "Unauthorized")
+
+
+def bearer_token(header: str) -> str:
+    """Return the token of an `Authorization: Bearer <token>` value, else an empty string."""
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _is_key(given: str) -> bool:
+    expected = services().settings.require_api_key().encode()
+    # compare_digest takes the same time wherever the first difference lies.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
 
 
 bp.before_request(require_api_key)

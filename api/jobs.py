@@ -16,6 +16,7 @@ from api.body import request_body
 from api.encoding import statuses_json
 from api.envelope import reply
 from api.errors import ApiError
+from api.metrics import REFUSED_SUBMISSIONS
 from api.services import services
 from api.submission import QueueFullError, enqueue
 from shared.job import TASK_RUNNER, log_transition
@@ -80,6 +81,7 @@ def submit() -> Response:
     try:
         queue_length = enqueue(svc.queue, job, limit)
     except QueueFullError as full:
+        REFUSED_SUBMISSIONS.inc()
         raise ApiError(
             429,
             f"MAX_QUEUE_LENGTH ({limit}) reached",

@@ -19,6 +19,7 @@ from shared.exceptions import RegistryNotFoundError
 from shared.status import Status, from_rq
 
 STATUSES = list(Status)
+STATUS_NAMES = [status.value for status in STATUSES]
 MICROS = 1_000_000
 # How many expired entries one trim step removes: small enough never to block Redis.
 TRIM_BATCH = 500
@@ -41,17 +42,28 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 # the job's single entry in the index (moved out of every other status set), and the registry
 # marker all change together, scored by this Redis server's clock, never the caller's. It also
 # trims a bounded batch of expired entries from the set it writes to, so retention needs no scan.
-# KEYS: job hash, registry marker, the index sets in Status order.
-# ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch.
+# When the job's API status really changes (it was not already in the target set), it counts
+# the change in the transitions hash, field "<from>:<to>" ("new" when the job was in no set),
+# in the same transaction: the count can never disagree with the index. Which set held the job
+# comes from the ZREM replies the move makes anyway, so counting costs one HINCRBY.
+# KEYS: job hash, registry marker, transitions hash, the index sets in Status order.
+# ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch,
+# then the status names in Status order.
 RECORD_LUA = (
     TRIM_PRELUDE
     + """
-local target = tonumber(ARGV[3]) + 2
+local first = 4
+local target = tonumber(ARGV[3]) + first - 1
+local from = 'new'
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 3, #KEYS do
-  if i ~= target then redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = first, #KEYS do
+  if i ~= target and redis.call('ZREM', KEYS[i], ARGV[1]) == 1 then
+    from = ARGV[i - first + 7]
+  end
 end
-redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1])
+if redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[3], from .. ':' .. ARGV[target - first + 7], 1)
+end
 trim(KEYS[target], now, tonumber(ARGV[4]), tonumber(ARGV[6]))
 redis.call('HSET', KEYS[2], 'schema', ARGV[5])
 return now
@@ -65,6 +77,15 @@ TRIM_LUA = (
 return trim(KEYS[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 )
+
+
+def parse_transitions(raw: dict[bytes, bytes]) -> dict[tuple[str, str], int]:
+    """Return {(from, to): count} from the transitions hash as HGETALL returns it."""
+    counts: dict[tuple[str, str], int] = {}
+    for field, value in raw.items():
+        source, _, target = field.decode().partition(":")
+        counts[(source, target)] = int(value)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -98,7 +119,12 @@ class StatusIndex:
     ) -> Any:
         """Record that `job_id` now has `rq_status`, on `client` (a pipeline joins its MULTI)."""
         status = from_rq(rq_status)
-        script_keys = [keys.rq_job_key(job_id), keys.registry_key(), *self._index_keys]
+        script_keys = [
+            keys.rq_job_key(job_id),
+            keys.registry_key(),
+            keys.transitions_key(),
+            *self._index_keys,
+        ]
         args = [
             job_id,
             JobStatus(rq_status).value,
@@ -106,6 +132,7 @@ class StatusIndex:
             self.retention_seconds,
             keys.SCHEMA_VERSION,
             TRIM_BATCH,
+            *STATUS_NAMES,
         ]
         if isinstance(client, Pipeline):
             # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per

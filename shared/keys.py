@@ -27,6 +27,11 @@ def status_index_keys() -> list[str]:
     return [status_index_key(status) for status in Status]
 
 
+def transitions_key() -> str:
+    """Return the key of the hash counting state changes, one field per "<from>:<to>"."""
+    return f"{PREFIX}transitions"
+
+
 def rq_queue_key(queue_name: str) -> str:
     """Return RQ's list key for the waiting jobs of `queue_name`."""
     return f"{Queue.redis_queue_namespace_prefix}{queue_name}"

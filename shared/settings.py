@@ -83,6 +83,12 @@ def _user(raw: str) -> str:
     return raw
 
 
+def _directory(raw: str) -> str:
+    if not os.path.isdir(raw):
+        raise ValueError("must name an existing directory")
+    return raw
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -132,6 +138,9 @@ class Settings:
     dashboard_password: str | None = None
     dashboard_port: int = 9181
     api_workers: int = 2
+    # Where prometheus_client's multiprocess mode keeps each gunicorn worker's metric files;
+    # gunicorn.conf.py makes a private one when unset. None: one process, plain metrics.
+    prometheus_multiproc_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -181,6 +190,7 @@ class Settings:
             dashboard_password=read("DASHBOARD_PASSWORD", _api_key, None),
             dashboard_port=read("DASHBOARD_PORT", _int(1, 65535), defaults.dashboard_port),
             api_workers=read("WEB_CONCURRENCY", _int(1, 64), defaults.api_workers),
+            prometheus_multiproc_dir=read("PROMETHEUS_MULTIPROC_DIR", _directory, None),
         )
 
     def require_api_key(self) -> str:

@@ -264,3 +264,11 @@ def test_display_url_drops_credentials_and_query(url: str, shown: str) -> None:
     """display_url keeps scheme, host, port and path, and nothing secret."""
     assert display_url(url) == shown
     assert "s3cret" not in display_url(url)
+
+
+def test_dashboard_requests_are_timed_under_their_mounted_route(dash: FlaskClient) -> None:
+    """The latency histogram labels a dashboard request /dashboard/<rule>, never the raw path."""
+    dash.get("/dashboard/0/data/queues.json", headers=LOGIN)
+    text = dash.get("/metrics", headers=AUTH).get_data(as_text=True)
+    assert 'route="/dashboard/<int:instance_number>/data/queues.json"' in text
+    assert 'route="/dashboard/0/data/queues.json"' not in text

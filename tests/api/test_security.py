@@ -16,6 +16,8 @@ OPEN_ROUTES = {"/health"}
 # Without DASHBOARD_PASSWORD these only ever answer 403 (tests/api/test_dashboard.py); with
 # it, the dashboard is a separate app behind HTTP Basic, outside this URL map.
 DASHBOARD_REFUSALS = {"/dashboard", "/dashboard/", "/dashboard/<path:rest>"}
+# Outside /v1 but keyed like it (the key may also come as a Bearer token).
+KEYED_ROUTES = {"/metrics"}
 
 
 def _routes(app: Flask) -> list[tuple[str, str]]:
@@ -28,9 +30,9 @@ def _routes(app: Flask) -> list[tuple[str, str]]:
 
 
 def test_the_url_map_holds_only_known_open_routes(app: Flask) -> None:
-    """Every route outside /v1 is in the short list of routes open without a key."""
+    """Every route outside /v1 is in the short lists of open routes and keyed routes."""
     outside = {rule for rule, _ in _routes(app) if not rule.startswith("/v1/")}
-    assert outside == OPEN_ROUTES | DASHBOARD_REFUSALS
+    assert outside == OPEN_ROUTES | KEYED_ROUTES | DASHBOARD_REFUSALS
     client = app.test_client()
     for rule, method in _routes(app):
         if rule in DASHBOARD_REFUSALS:
@@ -40,10 +42,14 @@ def test_the_url_map_holds_only_known_open_routes(app: Flask) -> None:
 
 @pytest.mark.parametrize("key", [None, "", "wrong-key-0123456789", API_KEY[:-1], API_KEY + "x"])
 def test_every_v1_route_refuses_a_missing_or_wrong_key(app: Flask, key: str | None) -> None:
-    """Each /v1 route and method in the URL map answers 401 without the right key."""
+    """Each /v1 and keyed route and method in the URL map answers 401 without the right key."""
     client = app.test_client()
     headers = {} if key is None else {"x-api-key": key}
-    routes = [(rule, method) for rule, method in _routes(app) if rule.startswith("/v1/")]
+    routes = [
+        (rule, method)
+        for rule, method in _routes(app)
+        if rule.startswith("/v1/") or rule in KEYED_ROUTES
+    ]
     assert routes, "no /v1 routes found"
     for rule, method in routes:
         resp = client.open(rule, method=method, headers=headers, json={})

@@ -8,7 +8,7 @@ from rq.job import JobStatus
 
 from shared import keys
 from shared.exceptions import RegistryNotFoundError
-from shared.index import TRIM_BATCH, StatusIndex
+from shared.index import TRIM_BATCH, StatusIndex, parse_transitions
 from shared.status import Status
 
 
@@ -154,3 +154,57 @@ def test_window_without_registry_marker_raises(conn: redis.Redis, index: StatusI
         index.window(600, "default")
     index.mark_registry()
     assert index.window(600, "default").statuses == {}
+
+
+def transitions(conn: redis.Redis) -> dict[tuple[str, str], int]:
+    """Return the counted state changes per (from, to)."""
+    return parse_transitions(conn.hgetall(keys.transitions_key()))
+
+
+def test_record_counts_each_status_change_once(conn: redis.Redis, index: StatusIndex) -> None:
+    """Each change of API status adds exactly one to its "<from>:<to>" field, "new" first."""
+    index.record("job-1", JobStatus.QUEUED)
+    assert transitions(conn) == {("new", "queued"): 1}
+    index.record("job-1", JobStatus.STARTED)
+    index.record("job-1", JobStatus.FINISHED)
+    index.record("job-2", JobStatus.QUEUED)
+    index.record("job-2", JobStatus.STARTED)
+    index.record("job-2", JobStatus.FAILED)
+    assert transitions(conn) == {
+        ("new", "queued"): 2,
+        ("queued", "running"): 2,
+        ("running", "done"): 1,
+        ("running", "failed"): 1,
+    }
+
+
+def test_record_of_an_unchanged_status_is_not_a_transition(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """Re-recording the status a job has (created, queued, deferred) counts nothing."""
+    index.record("job-1", JobStatus.CREATED)
+    index.record("job-1", JobStatus.QUEUED)
+    index.record("job-1", JobStatus.DEFERRED)
+    assert transitions(conn) == {("new", "queued"): 1}
+    found = index.score_of("job-1")
+    assert found is not None and found[0] is Status.QUEUED
+    assert conn.hget(keys.rq_job_key("job-1"), "status") == b"deferred"
+
+
+def test_discarded_pipeline_counts_no_transition(conn: redis.Redis, index: StatusIndex) -> None:
+    """A record in a MULTI pipeline counts its transition only when the transaction commits."""
+    with conn.pipeline() as pipe:
+        index.record("job-1", JobStatus.QUEUED, client=pipe)
+        pipe.reset()
+    assert transitions(conn) == {}
+    with conn.pipeline() as pipe:
+        index.record("job-1", JobStatus.QUEUED, client=pipe)
+        assert transitions(conn) == {}
+        pipe.execute()
+    assert transitions(conn) == {("new", "queued"): 1}
+
+
+def test_parse_transitions_reads_every_field() -> None:
+    """parse_transitions turns the hash's "<from>:<to>" fields and counts into a dict."""
+    raw = {b"new:queued": b"3", b"running:done": b"2"}
+    assert parse_transitions(raw) == {("new", "queued"): 3, ("running", "done"): 2}

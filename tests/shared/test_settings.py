@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.exceptions import ConfigError
@@ -27,6 +29,7 @@ VARIABLES = [
     "DASHBOARD_PASSWORD",
     "DASHBOARD_PORT",
     "WEB_CONCURRENCY",
+    "PROMETHEUS_MULTIPROC_DIR",
 ]
 
 
@@ -53,6 +56,7 @@ def test_defaults_without_any_variable() -> None:
     assert settings.dashboard_user == "admin"
     assert settings.dashboard_password is None
     assert settings.dashboard_port == 9181
+    assert settings.prometheus_multiproc_dir is None
 
 
 @pytest.mark.parametrize("name", VARIABLES)
@@ -61,7 +65,7 @@ def test_empty_value_means_default(name: str) -> None:
     assert Settings.from_env({name: ""}) == Settings()
 
 
-def test_values_are_cast() -> None:
+def test_values_are_cast(tmp_path: Path) -> None:
     """Every variable is read and cast to its type."""
     settings = Settings.from_env(
         {
@@ -83,6 +87,7 @@ def test_values_are_cast() -> None:
             "DASHBOARD_USER": "ops team",
             "DASHBOARD_PASSWORD": "p" * 8,
             "DASHBOARD_PORT": "9999",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
         }
     )
     assert settings == Settings(
@@ -104,6 +109,7 @@ def test_values_are_cast() -> None:
         dashboard_user="ops team",
         dashboard_password="p" * 8,
         dashboard_port=9999,
+        prometheus_multiproc_dir=str(tmp_path),
     )
 
 
@@ -148,6 +154,7 @@ def test_values_are_cast() -> None:
         ("WEB_CONCURRENCY", "0"),
         ("WEB_CONCURRENCY", "65"),
         ("WEB_CONCURRENCY", "many"),
+        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str) -> None:

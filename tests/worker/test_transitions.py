@@ -14,7 +14,8 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from shared.index import StatusIndex
+from shared import keys
+from shared.index import StatusIndex, parse_transitions
 from shared.job import TASK_RUNNER
 from shared.status import Status
 from tests.support import AUTH
@@ -198,3 +199,29 @@ def test_each_transition_logs_from_to_and_duration(
     ]
     assert moves[0][2] is None
     assert all(duration is not None and duration >= 0 for _, _, duration in moves[1:])
+
+
+@pytest.mark.parametrize("worker_class", ["simple", "fork"])
+def test_each_transition_is_counted_once(
+    queue: Queue,
+    conn: redis.Redis,
+    job_class: type[Job],
+    run_worker: Callable[..., IndexedWorker],
+    worker_class: str,
+) -> None:
+    """Through real RQ runs, the transitions hash counts every status change exactly once."""
+    parent = queue.enqueue(TASK_RUNNER, "echo", {})
+    # Deferred, then queued when its parent is done: one status (queued) for the API.
+    queue.enqueue(TASK_RUNNER, "echo", {}, depends_on=parent)
+    queue.enqueue(TASK_RUNNER, "fail", {"message": "again"}, retry=Retry(max=1))
+    canceled = queue.enqueue(TASK_RUNNER, "echo", {})
+    job_class.fetch(canceled.id, connection=conn).cancel()
+    run_worker(worker_class=worker_class)
+    assert parse_transitions(conn.hgetall(keys.transitions_key())) == {
+        ("new", "queued"): 4,
+        ("queued", "canceled"): 1,
+        ("queued", "running"): 4,
+        ("running", "done"): 2,
+        ("running", "queued"): 1,
+        ("running", "failed"): 1,
+    }

@@ -1,0 +1,219 @@
+"""GET /metrics: Prometheus text behind the key, from Redis and from this process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.index import StatusIndex
+from shared.status import Status
+from tests.api.helpers import AUTHENTICATE, JOBS, assert_envelope, post, redis_now_us, submit
+from tests.support import API_KEY, AUTH, wait_until
+from worker.main import IndexedWorker
+
+METRICS = "/metrics"
+# (sample name, sorted label pairs) -> value
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: FlaskClient, headers: dict[str, str] = AUTH) -> Samples:
+    """GET /metrics, assert a 200 in Prometheus' text format, and return every sample."""
+    resp = client.get(METRICS, headers=headers)
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 200, text
+    assert resp.content_type == CONTENT_TYPE_LATEST
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Return the sample `name` with exactly `labels`; 0 when absent (a series not yet seen)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def names(samples: Samples) -> set[str]:
+    """Return the sample names present."""
+    return {name for name, _ in samples}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-api-key": API_KEY},
+        {"Authorization": f"Bearer {API_KEY}"},
+        {"Authorization": f"bearer  {API_KEY} "},
+        {"x-api-key": "wrong-key-0123456789", "Authorization": f"Bearer {API_KEY}"},
+    ],
+)
+def test_metrics_answer_with_the_key_in_either_header(
+    client: FlaskClient, headers: dict[str, str]
+) -> None:
+    """The key in x-api-key or as a Bearer token (any case of "Bearer") gets the metrics."""
+    assert value(scrape(client, headers), "toolkit_jobs_redis_up") == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-api-key": "wrong-key-0123456789"},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"Authorization": f"Bearer {API_KEY}x"},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": API_KEY},
+        {"Authorization": "Bearer "},
+    ],
+)
+def test_metrics_refuse_a_missing_or_wrong_key(
+    client: FlaskClient, headers: dict[str, str]
+) -> None:
+    """Without the right key in either header /metrics is a 401 envelope, never the metrics."""
+    body = assert_envelope(client.get(METRICS, headers=headers), 401)
+    assert body["message"] == "Unauthorized"
+
+
+def test_queue_depth_and_status_counts_follow_the_jobs(
+    client: FlaskClient,
+    make_app: Callable[..., Flask],
+    run_worker: Callable[..., IndexedWorker],
+) -> None:
+    """Queue depth per RQ queue and jobs per status (zeros included) match what was run."""
+    for task in ("echo", "echo", "fail"):
+        submit(client, task, {"message": "boom"} if task == "fail" else {})
+    run_worker()
+    submit(client)
+    submit(client)
+    videos = make_app(queue_name="videos").test_client()
+    assert_envelope(post(videos, JOBS, {"task": "echo"}), 202, queue_id="videos")
+    samples = scrape(client)
+    assert value(samples, "toolkit_jobs_queue_depth", queue="default") == 2
+    assert value(samples, "toolkit_jobs_queue_depth", queue="videos") == 1
+    counts = {
+        status: samples[("toolkit_jobs_indexed_jobs", (("status", status.value),))]
+        for status in Status
+    }
+    assert counts == {
+        Status.QUEUED: 3,
+        Status.RUNNING: 0,
+        Status.DONE: 2,
+        Status.FAILED: 1,
+        Status.CANCELED: 0,
+    }
+
+
+def test_an_empty_redis_reports_the_configured_queue_and_every_status_at_zero(
+    client: FlaskClient,
+) -> None:
+    """Before any job, the configured queue's depth and each status count are present as 0."""
+    samples = scrape(client)
+    assert samples[("toolkit_jobs_queue_depth", (("queue", "default"),))] == 0
+    for status in Status:
+        assert samples[("toolkit_jobs_indexed_jobs", (("status", status.value),))] == 0
+    assert "toolkit_jobs_transitions_total" not in names(samples)
+
+
+def test_transitions_are_counted_from_redis(
+    client: FlaskClient, run_worker: Callable[..., IndexedWorker]
+) -> None:
+    """Each recorded status change shows as toolkit_jobs_transitions_total{from, to}."""
+    submit(client, "echo")
+    submit(client, "fail", {"message": "boom"})
+    run_worker()
+    submit(client, "echo")
+    samples = scrape(client)
+    transitions = {
+        dict(labels)["from"] + ":" + dict(labels)["to"]: count
+        for (name, labels), count in samples.items()
+        if name == "toolkit_jobs_transitions_total"
+    }
+    assert transitions == {
+        "new:queued": 3,
+        "queued:running": 2,
+        "running:done": 1,
+        "running:failed": 1,
+    }
+
+
+def test_refused_submissions_are_counted(make_app: Callable[..., Flask]) -> None:
+    """Every 429 of a full queue adds one to toolkit_jobs_submissions_refused_total."""
+    client = make_app(max_queue_length=1).test_client()
+    before = value(scrape(client), "toolkit_jobs_submissions_refused_total")
+    submit(client)
+    for _ in range(3):
+        assert_envelope(post(client, JOBS, {"task": "echo"}), 429)
+    after = value(scrape(client), "toolkit_jobs_submissions_refused_total")
+    assert after - before == 3
+
+
+def test_latency_histogram_counts_requests_by_route_rule(client: FlaskClient) -> None:
+    """Each request is one histogram sample labelled by method, route rule and status code."""
+    count = "toolkit_jobs_request_duration_seconds_count"
+    ok = {"method": "GET", "route": AUTHENTICATE, "status": "200"}
+    refused = {"method": "GET", "route": AUTHENTICATE, "status": "401"}
+    unmatched = {"method": "GET", "route": "unmatched", "status": "404"}
+    odd_method = {"method": "other", "route": "unmatched", "status": "405"}
+    before = scrape(client)
+    for _ in range(4):
+        client.get(AUTHENTICATE, headers=AUTH)
+    client.get(AUTHENTICATE)
+    client.get("/no/such/path-1")
+    client.get("/no/such/path-2")
+    client.open(AUTHENTICATE, method="PROPFIND", headers=AUTH)
+    after = scrape(client)
+    assert value(after, count, **ok) - value(before, count, **ok) == 4
+    assert value(after, count, **refused) - value(before, count, **refused) == 1
+    assert value(after, count, **unmatched) - value(before, count, **unmatched) == 2
+    assert value(after, count, **odd_method) - value(before, count, **odd_method) == 1
+    inf_bucket = {**ok, "le": "+Inf"}
+    bucket = "toolkit_jobs_request_duration_seconds_bucket"
+    assert value(after, bucket, **inf_bucket) == value(after, count, **ok)
+    routes = {dict(labels).get("route") for name, labels in after if name == count}
+    assert not any(route and "/no/such" in route for route in routes), routes
+
+
+def test_oldest_waiting_age_is_measured_from_the_first_queued_job(
+    client: FlaskClient,
+    conn: redis.Redis,
+    index: StatusIndex,
+    run_worker: Callable[..., IndexedWorker],
+) -> None:
+    """The age is Redis time since the oldest queued job was queued; 0 once none waits."""
+    age = "toolkit_jobs_oldest_queued_age_seconds"
+    assert value(scrape(client), age) == 0
+    first = submit(client)
+    submit(client)
+    found = index.score_of(first)
+    assert found is not None
+    queued_at = found[1]
+    wait_until(lambda: redis_now_us(conn) > queued_at)
+    low = (redis_now_us(conn) - queued_at) / 1_000_000
+    measured = value(scrape(client), age)
+    high = (redis_now_us(conn) - queued_at) / 1_000_000
+    assert 0 < low <= measured <= high
+    run_worker()
+    assert value(scrape(client), age) == 0
+
+
+def test_redis_down_still_answers_process_metrics(
+    client: FlaskClient, down_client: FlaskClient
+) -> None:
+    """With Redis unreachable /metrics is a 200 with redis_up 0 and the per-process metrics."""
+    client.get(AUTHENTICATE, headers=AUTH)
+    samples = scrape(down_client)
+    assert value(samples, "toolkit_jobs_redis_up") == 0
+    assert "toolkit_jobs_submissions_refused_total" in names(samples)
+    assert "toolkit_jobs_request_duration_seconds_count" in names(samples)
+    assert not names(samples) & {
+        "toolkit_jobs_queue_depth",
+        "toolkit_jobs_indexed_jobs",
+        "toolkit_jobs_oldest_queued_age_seconds",
+    }
