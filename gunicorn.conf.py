@@ -55,6 +55,7 @@ def on_starting(server: Any) -> None:
         directory = tempfile.mkdtemp(prefix="toolkit-jobs-metrics-")
         atexit.register(_remove_private_dir, directory, os.getpid())
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    Path(directory).mkdir(parents=True, exist_ok=True)
     # A directory reused from an earlier run holds its counts: start from zero.
     for stale in Path(directory).glob("*.db"):
         stale.unlink()

@@ -33,9 +33,13 @@ def finish_request(resp: Response) -> Response:
     duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
     # The full path, /dashboard included when the mounted dashboard answered.
     path = request.script_root + request.path
-    observe_request(
-        request.method, request.url_rule, resp.status_code, duration_ms / 1000, request.script_root
-    )
+    try:
+        seconds = duration_ms / 1000
+        rule, mount = request.url_rule, request.script_root
+        observe_request(request.method, rule, resp.status_code, seconds, mount)
+    except Exception:
+        # Metrics must never turn an answer into an error (say, a metrics directory removed).
+        logger.exception("could not record the request's metrics")
     logger.info(
         "%s %s %d %.1fms id=%s",
         request.method,

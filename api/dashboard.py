@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import sys
 from collections.abc import Callable
@@ -10,10 +9,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import rq_dashboard
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response
 from redis import Redis
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from api import dashboard_guard
 from api.access import finish_request, start_request
 from api.encoding import FastJSONProvider
 from api.errors import ApiError, register_error_handlers
@@ -25,8 +25,6 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 PREFIX = "/dashboard"
-REALM = 'Basic realm="toolkit-jobs dashboard", charset="UTF-8"'
-SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 # Answers /dashboard when no password is configured: refused, never open.
 disabled_bp = Blueprint("dashboard_disabled", __name__)
@@ -58,18 +56,16 @@ def create_dashboard_app(services: Services) -> Flask:
     dashboard.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dashboard.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     dashboard.json = FastJSONProvider(dashboard)
-    # Deleting jobs or emptying registries behind the status index's back would leave it
-    # listing jobs that no longer exist; requeueing is allowed (the worker records it).
+    # dashboard_guard refuses deleting with a 403 first; this is rq-dashboard's own switch.
     dashboard.config["RQ_DASHBOARD_DISABLE_DELETE"] = True
     # Shown in the page's instance picker: never the password or the query string.
     dashboard.config["RQ_DASHBOARD_REDIS_URL"] = [display_url(settings.redis_url)]
     dashboard.extensions[EXTENSION] = services
     dashboard.before_request(start_request)
-    credentials = (settings.dashboard_user, settings.dashboard_password)
-    dashboard.before_request(_basic_auth_check(*credentials))
-    dashboard.before_request(_same_origin_check)
-    dashboard.before_request(_single_instance)
     dashboard.register_blueprint(rq_dashboard.blueprint)
+    # After the blueprint, so its requeue views can be replaced; app-wide hooks still run
+    # before the blueprint's own.
+    dashboard_guard.install(dashboard, services)
     _use_connection(dashboard, services.redis)
     dashboard.after_request(finish_request)
     register_error_handlers(dashboard)
@@ -79,11 +75,9 @@ def create_dashboard_app(services: Services) -> Flask:
 def display_url(redis_url: str) -> str:
     """Return the Redis URL without credentials or query string, for display."""
     parts = urlsplit(redis_url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    # The host and port as written ([::1]:6379 keeps its brackets), without user:password@.
+    address = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{address}{parts.path}"
 
 
 def _use_connection(dashboard: Flask, connection: Redis) -> None:
@@ -97,45 +91,6 @@ def _use_connection(dashboard: Flask, connection: Redis) -> None:
     ]
     if len(dashboard.before_request_funcs[rq_dashboard.blueprint.name]) != len(hooks) - 1:
         raise RuntimeError("rq-dashboard's push_rq_connection hook not found: version changed?")
-
-
-def _single_instance() -> None:
-    """Refuse instance numbers other than 0: this dashboard shows one Redis."""
-    if (request.view_args or {}).get("instance_number", 0) != 0:
-        raise ApiError(404, "Not Found")
-
-
-def _basic_auth_check(user: str, password: str) -> Callable[[], None]:
-    """Return a hook refusing requests without the dashboard's Basic credentials (401)."""
-    expected_user = user.encode()
-    expected_password = password.encode()
-
-    def check() -> None:
-        auth = request.authorization
-        given_user = given_password = b""
-        if auth is not None and auth.type == "basic":
-            given_user = (auth.username or "").encode("utf-8", "surrogateescape")
-            given_password = (auth.password or "").encode("utf-8", "surrogateescape")
-        # Both compared, in constant time, whatever the first one says.
-        user_ok = hmac.compare_digest(given_user, expected_user)
-        password_ok = hmac.compare_digest(given_password, expected_password)
-        if not (user_ok and password_ok):
-            raise ApiError(401, "Unauthorized", headers={"WWW-Authenticate": REALM})
-
-    return check
-
-
-def _same_origin_check() -> None:
-    """Refuse a state-changing request sent by another site's page (CSRF)."""
-    if request.method in SAFE_METHODS:
-        return
-    # A browser sends the credentials it cached for this site along with any form another
-    # site posts here; it also says where the form came from, and that must be here.
-    origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.host:
-        raise ApiError(403, "Cross-site request refused")
-    if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin", "none"):
-        raise ApiError(403, "Cross-site request refused")
 
 
 def main() -> None:

@@ -84,8 +84,10 @@ def _user(raw: str) -> str:
 
 
 def _directory(raw: str) -> str:
-    if not os.path.isdir(raw):
-        raise ValueError("must name an existing directory")
+    # Only gunicorn's master uses it (and creates it); other processes given the same
+    # environment, workers in containers of their own, need not have it.
+    if not os.path.isabs(raw):
+        raise ValueError("must be an absolute path")
     return raw
 
 

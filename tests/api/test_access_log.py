@@ -38,3 +38,23 @@ def test_a_plain_caller_request_id_is_kept_and_a_hostile_one_replaced(
         replaced = client.get("/health", headers={"X-Request-ID": hostile})
         assert replaced.headers["X-Request-ID"] != hostile
         assert len(replaced.headers["X-Request-ID"]) == 32
+
+
+def test_a_metrics_failure_never_breaks_an_answer(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If recording the request's metrics fails, the answer is unchanged and the error logged."""
+    import api.access
+
+    def broken(*args: object) -> None:
+        raise FileNotFoundError("metrics directory gone")
+
+    monkeypatch.setattr(api.access, "observe_request", broken)
+    with caplog.at_level(logging.INFO):
+        resp = client.get("/health")
+    assert resp.status_code == 200
+    assert resp.get_json()["message"] == "healthy"
+    errors = [r for r in _request_records(caplog) if r.exc_info]
+    lines = [r for r in _request_records(caplog) if not r.exc_info]
+    assert [r.getMessage() for r in errors] == ["could not record the request's metrics"]
+    assert [r.status for r in lines] == [200]  # type: ignore[attr-defined]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,8 +16,9 @@ from flask.testing import FlaskClient
 from rq.job import Job, JobStatus
 from werkzeug.test import TestResponse
 
-from api.dashboard import display_url
+from api.dashboard import create_dashboard_app, display_url
 from shared import keys
+from shared.index import parse_transitions
 from shared.status import Status
 from tests.api.conftest import UNREACHABLE_REDIS
 from tests.api.helpers import JOBS, JOBS_STATUS, assert_envelope, submit
@@ -105,16 +108,16 @@ def test_credentials_are_compared_in_constant_time(
     dash: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """User and password both go through hmac.compare_digest, even when the user is wrong."""
-    import api.dashboard
+    import api.dashboard_guard
 
     calls: list[tuple[bytes, bytes]] = []
-    real = api.dashboard.hmac.compare_digest
+    real = api.dashboard_guard.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(api.dashboard.hmac, "compare_digest", spy)
+    monkeypatch.setattr(api.dashboard_guard.hmac, "compare_digest", spy)
     assert_envelope(dash.get(QUEUES, headers=basic("nobody", "guess")), 401)
     assert dash.get(QUEUES, headers=LOGIN).status_code == 200
     assert calls == [
@@ -147,12 +150,12 @@ def test_json_lists_jobs_in_the_registries_rq_puts_them_in(
 def test_deleting_and_emptying_are_disabled_so_the_index_stays_true(
     dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any]
 ) -> None:
-    """Delete and empty answer DISABLED and leave the job, RQ's registry and the index alone."""
+    """Delete and empty are a JSON 403 and leave the job, RQ's registry and the index alone."""
     failed = submit(dash, "fail", {"message": "keep me"})
     run_worker()
     for path in (f"/dashboard/job/{failed}/delete", "/dashboard/queue/default/failed/empty"):
-        resp = dash.post(path, headers=LOGIN)
-        assert resp.get_json() == {"status": "DISABLED"}
+        body = assert_envelope(dash.post(path, headers=LOGIN), 403)
+        assert body["message"].startswith("Deleting from the dashboard is disabled")
     assert Job.fetch(failed, connection=conn).get_status() == JobStatus.FAILED
     assert listed(dash, "failed") == [failed]
     assert conn.zscore(keys.status_index_key(Status.FAILED), failed) is not None
@@ -173,6 +176,10 @@ def test_a_requeue_from_the_dashboard_is_recorded_when_the_job_runs_again(
     )
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert listed(dash, "queued") == [failed]
+    # The index follows at once, not only when a worker picks the job up again.
+    assert conn.zscore(keys.status_index_key(Status.QUEUED), failed) is not None
+    assert conn.zscore(failed_key, failed) is None
+    assert parse_transitions(conn.hgetall(keys.transitions_key()))[("failed", "queued")] == 1
     run_worker()
     assert Job.fetch(failed, connection=conn).get_status() == JobStatus.FAILED
     statuses = assert_envelope(dash.post(JOBS_STATUS, headers=AUTH, json={}), 200)["response"]
@@ -258,6 +265,7 @@ def test_the_page_never_shows_redis_credentials(make_app: Callable[..., Flask]) 
             "rediss://cache.example:6380/0",
         ),
         ("unix:///run/redis.sock?password=s3cret&db=1", "unix:///run/redis.sock"),
+        ("redis://:s3cret@[::1]:6379/0", "redis://[::1]:6379/0"),
     ],
 )
 def test_display_url_drops_credentials_and_query(url: str, shown: str) -> None:
@@ -272,3 +280,108 @@ def test_dashboard_requests_are_timed_under_their_mounted_route(dash: FlaskClien
     text = dash.get("/metrics", headers=AUTH).get_data(as_text=True)
     assert 'route="/dashboard/<int:instance_number>/data/queues.json"' in text
     assert 'route="/dashboard/0/data/queues.json"' not in text
+
+
+def test_requeue_all_requeues_every_failed_job_into_the_index(
+    dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any]
+) -> None:
+    """ "Requeue all" (a same-site POST) queues every failed job, and the index says queued."""
+    failed = sorted(submit(dash, "fail", {"message": f"n{i}"}) for i in range(3))
+    run_worker()
+    resp = dash.post(
+        "/dashboard/requeue/default", headers={**LOGIN, "Sec-Fetch-Site": "same-origin"}
+    )
+    assert resp.get_json() == {"status": "OK", "count": 3}
+    assert sorted(listed(dash, "queued")) == failed
+    statuses = assert_envelope(dash.post(JOBS_STATUS, headers=AUTH, json={}), 200)["response"]
+    assert statuses == dict.fromkeys(failed, "queued")
+
+
+def test_requeue_all_by_get_is_refused(
+    dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any]
+) -> None:
+    """rq-dashboard's GET /requeue/<queue> (a link or <img> could fire it) is a JSON 405."""
+    failed = submit(dash, "fail", {"message": "stay"})
+    run_worker()
+    for headers in (LOGIN, {**LOGIN, "Sec-Fetch-Site": "cross-site"}):
+        resp = dash.get("/dashboard/requeue/default", headers=headers)
+        assert_envelope(resp, 405)
+        assert resp.headers["Allow"] == "POST"
+    assert Job.fetch(failed, connection=conn).get_status() == JobStatus.FAILED
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code"),
+    [
+        ("GET", "/dashboard/0/data/job/nope.json", 404),
+        ("GET", "/dashboard/0/view/job/nope", 404),
+        ("POST", "/dashboard/job/nope/requeue", 404),
+        ("GET", "/dashboard/0/data/jobs/default/bogus/10/asc/1.json", 404),
+        ("GET", "/dashboard/0/view/jobs/default/bogus/10/asc/1", 404),
+        ("GET", "/dashboard/0/data/jobs/default/finished/x/asc/1.json", 400),
+        ("GET", "/dashboard/0/data/jobs/default/finished/0/asc/1.json", 400),
+        ("GET", "/dashboard/0/data/jobs/default/finished/-1/asc/1.json", 400),
+        ("GET", "/dashboard/0/data/jobs/default/finished/101/asc/1.json", 400),
+        ("GET", "/dashboard/0/data/jobs/default/finished/1000000000/asc/1.json", 400),
+        ("GET", "/dashboard/0/data/jobs/default/finished/10/up/1.json", 400),
+        ("GET", "/dashboard/0/data/jobs/default/finished/10/asc/0.json", 400),
+        ("GET", "/dashboard/0/data/jobs/default/finished/10/asc/x.json", 400),
+    ],
+)
+def test_bad_dashboard_input_is_a_clear_json_error(
+    dash: FlaskClient, method: str, path: str, code: int
+) -> None:
+    """Unknown jobs and registries are a JSON 404, bad page arguments a JSON 400, never a 500."""
+    assert_envelope(dash.open(path, method=method, headers=LOGIN), code)
+
+
+def test_requeueing_a_job_that_did_not_fail_is_a_409(
+    dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any]
+) -> None:
+    """Only failed jobs can be requeued: a finished one is a JSON 409 and stays finished."""
+    done = submit(dash, "echo", {})
+    run_worker()
+    resp = dash.post(f"/dashboard/job/{done}/requeue", headers=LOGIN)
+    assert assert_envelope(resp, 409)["message"] == "Only a failed job can be requeued"
+    assert Job.fetch(done, connection=conn).get_status() == JobStatus.FINISHED
+
+
+def test_every_answer_forbids_framing_and_sniffing(dash: FlaskClient) -> None:
+    """The page, its JSON and its refusals all carry anti-framing and nosniff headers."""
+    for resp in (
+        dash.get("/dashboard/", headers=LOGIN),
+        dash.get(QUEUES, headers=LOGIN),
+        dash.get(QUEUES),
+    ):
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_every_dashboard_route_needs_the_login(app: Flask) -> None:
+    """Each rule and method of the mounted dashboard, static files included, is a 401 unlogged."""
+    services = app.extensions["toolkit_jobs"]
+    dashboard = create_dashboard_app(
+        replace(services, settings=replace(services.settings, dashboard_password=PASSWORD))
+    )
+    client = dashboard.test_client()
+    rules = list(dashboard.url_map.iter_rules())
+    assert len(rules) > 10, "rq-dashboard's routes are missing"
+    values = {
+        "instance_number": "0",
+        "queue_name": "default",
+        "registry_name": "failed",
+        "per_page": "10",
+        "order": "asc",
+        "page": "1",
+        "job_id": "some-job",
+        "filename": "css/main.css",
+    }
+    for rule in rules:
+        path = rule.rule
+        for name in rule.arguments:
+            path = re.sub(rf"<(?:\w+:)?{name}>", values[name], path)
+        for method in sorted((rule.methods or set()) - {"HEAD"}):
+            with client.open(path, method=method) as resp:
+                body = assert_envelope(resp, 401)
+                assert body["message"] == "Unauthorized", (path, method)

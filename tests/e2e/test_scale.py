@@ -12,6 +12,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry
 
 from shared import keys
+from shared.index import parse_transitions
 from shared.status import Status, from_rq
 from tests.e2e.counting_tasks import RUNS_KEY
 from tests.e2e.helpers import jobs_status, submit
@@ -87,3 +88,9 @@ def test_four_workers_and_two_apis_run_a_thousand_jobs_exactly_once(
         assert from_rq(job.get_status()) is Status.DONE
         assert job.return_value() == {"n": i}
     assert sorted(FinishedJobRegistry("default", connection=conn).get_job_ids()) == sorted(ids)
+    # Every change was counted once, atomically with its index move, under full concurrency.
+    assert parse_transitions(conn.hgetall(keys.transitions_key())) == {
+        ("new", "queued"): JOBS,
+        ("queued", "running"): JOBS,
+        ("running", "done"): JOBS,
+    }

@@ -154,7 +154,7 @@ def test_values_are_cast(tmp_path: Path) -> None:
         ("WEB_CONCURRENCY", "0"),
         ("WEB_CONCURRENCY", "65"),
         ("WEB_CONCURRENCY", "many"),
-        ("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics"),
+        ("PROMETHEUS_MULTIPROC_DIR", "relative/metrics"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(name: str, value: str) -> None:
