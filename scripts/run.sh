@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make run`: the API and one worker in the foreground; a private redis-server (AOF on, data in
-# .data/) when REDIS_URL is unset. Ctrl-C stops everything this script started.
+# .data/, or DATA_DIR) when REDIS_URL is unset. Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -10,7 +10,10 @@ redis_pid=""
 # Stop the API and the worker first (the worker finishes its job and deregisters), then the
 # private Redis they were talking to.
 stop_all() {
-  trap - INT TERM EXIT
+  # Ignore, not reset: make forwards a SIGTERM to this script a second time, and a second
+  # Ctrl-C is common; either would otherwise kill the script before Redis is stopped.
+  trap '' INT TERM
+  trap - EXIT
   echo
   echo "stopping..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -24,7 +27,7 @@ trap stop_all INT TERM EXIT
 
 if [ -z "${REDIS_URL:-}" ]; then
   bash scripts/ensure-command.sh redis-server redis-server
-  data="$PWD/.data"
+  data="${DATA_DIR:-$PWD/.data}"
   mkdir -p "$data"
   sock="$data/redis.sock"
   # In its own session, so that Ctrl-C reaches it only through stop_all, after the others.
