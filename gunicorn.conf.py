@@ -5,21 +5,14 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared.exceptions import ConfigError
-from shared.settings import Settings
+from shared.settings import Settings, from_env_or_exit
 
-try:
-    _settings = Settings.from_env()
-    _settings.require_api_key()
-except ConfigError as exc:
-    # Fail before forking workers, with one clear line instead of a boot-loop traceback.
-    sys.stderr.write(f"api: configuration error: {exc}\n")
-    sys.exit(2)
+# Fails before forking workers, with one clear line instead of a boot-loop traceback.
+_settings = from_env_or_exit("api", require=Settings.require_api_key)
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.api_workers

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 import rq_dashboard
@@ -18,9 +15,8 @@ from api.access import finish_request, start_request
 from api.encoding import FastJSONProvider
 from api.errors import ApiError, register_error_handlers
 from api.services import EXTENSION, Services, build_services
-from shared.exceptions import ConfigError
 from shared.logs import configure_logging
-from shared.settings import Settings
+from shared.settings import Settings, from_env_or_exit
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +46,7 @@ def mount(app: Flask, services: Services) -> None:
 def create_dashboard_app(services: Services) -> Flask:
     """Return rq-dashboard as its own Flask app, on the service's Redis connection."""
     settings = services.settings
-    if settings.dashboard_password is None:
-        raise ConfigError("DASHBOARD_PASSWORD is not set: the dashboard is never served open")
+    password = settings.require_dashboard_password()
     dashboard = Flask("rq_dashboard")
     dashboard.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dashboard.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -65,7 +60,7 @@ def create_dashboard_app(services: Services) -> Flask:
     dashboard.register_blueprint(rq_dashboard.blueprint)
     # After the blueprint, so its requeue views can be replaced; app-wide hooks still run
     # before the blueprint's own.
-    dashboard_guard.install(dashboard, services)
+    dashboard_guard.install(dashboard, services, settings.dashboard_user, password)
     _use_connection(dashboard, services.redis)
     dashboard.after_request(finish_request)
     register_error_handlers(dashboard)
@@ -98,17 +93,12 @@ def main() -> None:
     # Imported here: the API itself never needs gunicorn's application machinery.
     from gunicorn.app.base import BaseApplication
 
-    try:
-        settings = Settings.from_env()
-        if settings.dashboard_password is None:
-            raise ConfigError("DASHBOARD_PASSWORD is not set: the dashboard is never served open")
-    except ConfigError as exc:
-        sys.stderr.write(f"dashboard: configuration error: {exc}\n")
-        sys.exit(2)
+    settings = from_env_or_exit("dashboard", require=Settings.require_dashboard_password)
     configure_logging(settings.log_level, settings.log_format)
     # Served at /dashboard, the same address as inside the API; / redirects there.
     root = DispatcherMiddleware(
-        _redirect_to(PREFIX), {PREFIX: create_dashboard_app(build_services(settings))}
+        Response(status=302, headers={"Location": f"{PREFIX}/"}),
+        {PREFIX: create_dashboard_app(build_services(settings))},
     )
 
     class Standalone(BaseApplication):  # type: ignore[misc]
@@ -127,16 +117,6 @@ def main() -> None:
             return root
 
     Standalone().run()
-
-
-def _redirect_to(location: str) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
-    """Return a WSGI app that redirects every request to `location`."""
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        start_response("302 Found", [("Location", f"{location}/"), ("Content-Length", "0")])
-        return []
-
-    return app
 
 
 if __name__ == "__main__":

@@ -44,11 +44,9 @@ SECURITY_HEADERS = {
 }
 
 
-def install(dashboard: Flask, services: Services) -> None:
+def install(dashboard: Flask, services: Services, user: str, password: str) -> None:
     """Put the login, the request checks, the security headers and the actions on `dashboard`."""
-    settings = services.settings
-    assert settings.dashboard_password is not None
-    dashboard.before_request(basic_auth_check(settings.dashboard_user, settings.dashboard_password))
+    dashboard.before_request(basic_auth_check(user, password))
     dashboard.before_request(check_request)
     dashboard.after_request(add_security_headers)
     # rq-dashboard requeues through RQ's plain Job class, which the status index never hears

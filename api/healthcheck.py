@@ -5,8 +5,7 @@ from __future__ import annotations
 import http.client
 import sys
 
-from shared.exceptions import ConfigError
-from shared.settings import Settings
+from shared.settings import from_env_or_exit
 
 TIMEOUT = 3.0
 
@@ -26,12 +25,8 @@ def probe(port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> tuple
 
 def main() -> int:
     """Probe the API on the configured port; return the health check's exit status."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"healthcheck: configuration error: {exc}\n")
-        # Docker reserves 2; anything but 0 and 1 is an error of the check itself.
-        return 1
+    # Docker reserves 2; anything but 0 and 1 is an error of the check itself.
+    settings = from_env_or_exit("healthcheck", status=1)
     healthy, line = probe(settings.port)
     sys.stdout.write(line + "\n")
     return 0 if healthy else 1

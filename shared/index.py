@@ -19,7 +19,6 @@ from shared.exceptions import RegistryNotFoundError
 from shared.status import Status, from_rq
 
 STATUSES = list(Status)
-STATUS_NAMES = [status.value for status in STATUSES]
 MICROS = 1_000_000
 # How many expired entries one trim step removes: small enough never to block Redis.
 TRIM_BATCH = 500
@@ -47,22 +46,26 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 # in the same transaction: the count can never disagree with the index. Which set held the job
 # comes from the ZREM replies the move makes anyway, so counting costs one HINCRBY.
 # KEYS: job hash, registry marker, transitions hash, the index sets in Status order.
-# ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch,
-# then the status names in Status order.
+# ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch.
+# The status names are written into the script (`names`, in Status order), not sent each call.
 RECORD_LUA = (
     TRIM_PRELUDE
+    + "local names = {"
+    + ", ".join(f"'{status.value}'" for status in STATUSES)
+    + "}"
     + """
 local first = 4
-local target = tonumber(ARGV[3]) + first - 1
+local position = tonumber(ARGV[3])
+local target = position + first - 1
 local from = 'new'
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
 for i = first, #KEYS do
   if i ~= target and redis.call('ZREM', KEYS[i], ARGV[1]) == 1 then
-    from = ARGV[i - first + 7]
+    from = names[i - first + 1]
   end
 end
 if redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[3], from .. ':' .. ARGV[target - first + 7], 1)
+  redis.call('HINCRBY', KEYS[3], from .. ':' .. names[position], 1)
 end
 trim(KEYS[target], now, tonumber(ARGV[4]), tonumber(ARGV[6]))
 redis.call('HSET', KEYS[2], 'schema', ARGV[5])
@@ -132,7 +135,6 @@ class StatusIndex:
             self.retention_seconds,
             keys.SCHEMA_VERSION,
             TRIM_BATCH,
-            *STATUS_NAMES,
         ]
         if isinstance(client, Pipeline):
             # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per

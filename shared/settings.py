@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -200,3 +201,24 @@ class Settings:
         if not self.api_key:
             raise ConfigError("API_KEY is not set: the API refuses to start without a key")
         return self.api_key
+
+    def require_dashboard_password(self) -> str:
+        """Return the dashboard password, or raise ConfigError when none is configured."""
+        if not self.dashboard_password:
+            raise ConfigError("DASHBOARD_PASSWORD is not set: the dashboard is never served open")
+        return self.dashboard_password
+
+
+def from_env_or_exit(
+    program: str, status: int = 2, require: Callable[[Settings], object] | None = None
+) -> Settings:
+    """Return the settings (passing `require`), or exit with `status` and one line saying why."""
+    try:
+        settings = Settings.from_env()
+        if require is not None:
+            require(settings)
+    except ConfigError as exc:
+        # One clear line instead of a traceback (or, under a supervisor, a boot loop of them).
+        sys.stderr.write(f"{program}: configuration error: {exc}\n")
+        sys.exit(status)
+    return settings

@@ -10,9 +10,8 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.worker import BaseWorker
 
-from shared.exceptions import ConfigError
 from shared.redis import connect
-from shared.settings import Settings
+from shared.settings import from_env_or_exit
 
 
 def live_workers(connection: Redis, queue_name: str, hostname: str) -> list[BaseWorker]:
@@ -26,11 +25,7 @@ def live_workers(connection: Redis, queue_name: str, hostname: str) -> list[Base
 
 def main() -> int:
     """Look for a live worker of this host; return the health check's exit status."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.stderr.write(f"healthcheck: configuration error: {exc}\n")
-        return 1
+    settings = from_env_or_exit("healthcheck", status=1)
     hostname = socket.gethostname()
     connection = connect(settings)
     try:
