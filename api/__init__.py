@@ -1,51 +1,18 @@
-"""The HTTP face of the service: `create_app()` builds the Flask app gunicorn serves."""
+"""The HTTP face of the service; gunicorn serves `api:create_app()` (built in `api.app`).
+
+Importing the package stays light: the health probe (`python -m api.healthcheck`) runs every
+30 s and needs none of Flask, RQ or the dashboard.
+"""
 
 from __future__ import annotations
 
-import logging
-
-from flask import Flask
-from redis.exceptions import RedisError
-
-from api import auth, dashboard, health, jobs, metrics
-from api.access import finish_request, start_request
-from api.encoding import FastJSONProvider
-from api.errors import register_error_handlers
-from api.services import EXTENSION, build_services
-from shared.logs import configure_logging
-from shared.settings import Settings
-from worker import registry
-
-logger = logging.getLogger(__name__)
+from typing import Any
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Return the configured Flask app; refuse to build one without an API key."""
-    settings = settings if settings is not None else Settings.from_env()
-    settings.require_api_key()
-    configure_logging(settings.log_level, settings.log_format)
-    registry.load(settings.task_modules)
+def __getattr__(name: str) -> Any:
+    """Import `create_app` from `api.app` the first time someone asks for it."""
+    if name == "create_app":
+        from api.app import create_app
 
-    app = Flask(__name__)
-    app.json = FastJSONProvider(app)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    # Flask would answer OPTIONS itself with an empty text/html 200; let it be a JSON 405.
-    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-
-    svc = build_services(settings)
-    app.extensions[EXTENSION] = svc
-    try:
-        svc.index.mark_registry()
-    except RedisError as exc:
-        # The API still starts: /health says 503 and calls answer 500 until Redis is back.
-        logger.warning("could not write the registry marker (Redis unavailable?): %s", exc)
-
-    app.before_request(start_request)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(auth.bp)
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(metrics.bp)
-    dashboard.mount(app, svc)
-    app.after_request(finish_request)
-    register_error_handlers(app)
-    return app
+        return create_app
+    raise AttributeError(f"module 'api' has no attribute {name!r}")

@@ -9,7 +9,7 @@ import uuid
 
 from flask import Response, g, request
 
-from api.metrics import observe_request
+from api.request_metrics import observe_request
 
 logger = logging.getLogger(__name__)
 

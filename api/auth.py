@@ -6,9 +6,9 @@ import hmac
 
 from flask import Blueprint, Response, request
 
-from api.envelope import reply
+from api.context import services
 from api.errors import ApiError
-from api.services import services
+from api.responses import reply
 
 API_KEY_HEADER = "x-api-key"
 

@@ -1,4 +1,4 @@
-"""The request body, parsed once per request whatever the content type says."""
+"""The request body, read and parsed at most once per request whatever the content type says."""
 
 from __future__ import annotations
 
@@ -15,29 +15,33 @@ logger = logging.getLogger(__name__)
 
 
 def request_body() -> dict[str, Any]:
-    """Return the request's JSON object body (`{}` when empty), or raise ApiError."""
+    """Return the request's JSON object body (`{}` when empty), or raise why it has none."""
     if "body" not in g:
-        # No-code tools often send JSON under other content types, so the body is read as
-        # JSON whatever the header says.
-        g.body = parse_body(_read_limited())
+        # The outcome is kept, failure included: the error answer's client `id` comes from
+        # here too, and a malformed body is not read or parsed a second time for it.
+        try:
+            # No-code tools often send JSON under other content types, so the body is read
+            # as JSON whatever the header says.
+            g.body = parse_body(_read_limited())
+        except (ApiError, HTTPException) as exc:
+            g.body = exc
+    if isinstance(g.body, Exception):
+        raise g.body
     body: dict[str, Any] = g.body
     return body
 
 
 def _read_limited() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if "raw_body" not in g:
-        # Werkzeug refuses an over-long Content-Length itself, but silently cuts a chunked
-        # upload (no Content-Length) at the limit: read that one from the server's own
-        # stream, one byte past the limit, to tell "too large" apart.
-        chunked = request.content_length is None
-        stream = request.environ["wsgi.input"] if chunked else request.stream
-        data = stream.read(limit + 1)
-        if len(data) > limit:
-            raise RequestEntityTooLarge()
-        g.raw_body = data
-    raw: bytes = g.raw_body
-    return raw
+    # Werkzeug refuses an over-long Content-Length itself, but silently cuts a chunked upload
+    # (no Content-Length) at the limit: read that one from the server's own stream, one byte
+    # past the limit, to tell "too large" apart.
+    chunked = request.content_length is None
+    stream = request.environ["wsgi.input"] if chunked else request.stream
+    data: bytes = stream.read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    return data
 
 
 def client_id() -> Any:

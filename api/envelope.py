@@ -1,21 +1,8 @@
-"""The No-Code Architects Toolkit response envelope: a pure builder and the Flask glue."""
+"""The No-Code Architects Toolkit response envelope, built from plain values."""
 
 from __future__ import annotations
 
-import logging
-import os
-import time
 from typing import Any
-
-from flask import Response, g, jsonify, request
-from redis.exceptions import RedisError
-
-from api.body import client_id
-from api.services import services
-
-logger = logging.getLogger(__name__)
-
-UNKNOWN: Any = object()
 
 
 def envelope(
@@ -49,47 +36,3 @@ def envelope(
         "build_number": build_number,
         **extra,
     }
-
-
-def reply(
-    code: int,
-    message: str,
-    *,
-    response: Any = None,
-    job_id: str | None = None,
-    queue_length: Any = UNKNOWN,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> Response:
-    """Return a Flask response carrying the envelope for the current request."""
-    svc = services()
-    if queue_length is UNKNOWN:
-        # A refusal of the request (4xx) does not wait on Redis for the queue length.
-        queue_length = None if 400 <= code < 500 else _queue_length()
-    started = g.get("started", time.perf_counter())
-    body = envelope(
-        code=code,
-        message=message,
-        id=client_id(),
-        job_id=job_id,
-        response=response,
-        run_time=time.perf_counter() - started,
-        pid=os.getpid(),
-        queue_id=svc.settings.queue_name,
-        queue_length=queue_length,
-        build_number=svc.settings.build_number,
-        **extra,
-    )
-    resp = jsonify(body)
-    resp.status_code = code
-    for name, value in (headers or {}).items():
-        resp.headers[name] = value
-    return resp
-
-
-def _queue_length() -> int | None:
-    try:
-        return int(services().queue.count)
-    except RedisError as exc:
-        logger.warning("queue length unavailable for %s %s: %s", request.method, request.path, exc)
-        return None

@@ -13,15 +13,15 @@ from rq.job import Job, JobStatus
 from api import validation, webhooks
 from api.auth import require_api_key
 from api.body import request_body
+from api.context import services
 from api.encoding import statuses_json
-from api.envelope import reply
+from api.enqueue import QueueFullError, enqueue_bounded
 from api.errors import ApiError
-from api.metrics import REFUSED_SUBMISSIONS
-from api.services import services
-from api.submission import QueueFullError, enqueue
-from shared.job import TASK_RUNNER, log_transition
+from api.request_metrics import REFUSED_SUBMISSIONS
+from api.responses import reply
+from shared import tasks
+from shared.job import log_transition
 from shared.status import Status, from_rq
-from worker import registry
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(require_api_key)
@@ -57,20 +57,20 @@ def submit() -> Response:
     """Enqueue a registered task, unless the queue is at its limit (then 429)."""
     svc = services()
     body = request_body()
-    wanted = validation.submission(body)
+    wanted = validation.job_request(body)
     if wanted.webhook_url is not None:
         webhooks.check_target(wanted.webhook_url, allow_private=svc.settings.webhook_allow_private)
     try:
-        task = registry.get(wanted.task)
+        task = tasks.get(wanted.task)
         payload = task.validate(wanted.payload)
-    except (registry.UnknownTaskError, registry.InvalidPayloadError) as exc:
+    except (tasks.UnknownTaskError, tasks.InvalidPayloadError) as exc:
         raise ApiError(400, str(exc)) from None
 
     limit = svc.settings.max_queue_length
     max_queue_length: int | str = limit or "unlimited"
     retention = svc.settings.retention_seconds
     job = svc.queue.create_job(
-        TASK_RUNNER,
+        tasks.RUNNER,
         args=(task.name, payload),
         timeout=svc.settings.job_timeout,
         result_ttl=retention,
@@ -79,7 +79,7 @@ def submit() -> Response:
         meta=_meta(task.name, body.get("id"), wanted.webhook_url),
     )
     try:
-        queue_length = enqueue(svc.queue, job, limit)
+        queue_length = enqueue_bounded(svc.queue, job, limit)
     except QueueFullError as full:
         REFUSED_SUBMISSIONS.inc()
         raise ApiError(

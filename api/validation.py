@@ -88,16 +88,16 @@ def job_id(body: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class Submission:
-    """A well-formed job submission (the task name is not yet checked against the registry)."""
+class JobRequest:
+    """A well-formed request for a job (the task name is not yet checked against the catalog)."""
 
     task: str
     payload: dict[str, Any]
     webhook_url: str | None
 
 
-def submission(body: dict[str, Any]) -> Submission:
-    """Return the task, payload and webhook URL of a submission body."""
+def job_request(body: dict[str, Any]) -> JobRequest:
+    """Return the task, payload and webhook URL of a job request body."""
     task = body.get("task")
     if not isinstance(task, str) or not task:
         raise ApiError(400, "task is required and must be a string")
@@ -109,7 +109,7 @@ def submission(body: dict[str, Any]) -> Submission:
     url = body.get("webhook_url")
     if url is not None:
         url = webhook_url(url)
-    return Submission(task=task, payload=payload, webhook_url=url)
+    return JobRequest(task=task, payload=payload, webhook_url=url)
 
 
 def webhook_url(value: Any) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.redis import redis_time_micros
 from tests.support import API_KEY, RedisServer, free_port, service_env, start_api
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,12 +111,6 @@ class ApiClient:
         self.conn.close()
 
 
-def redis_now_us(conn: redis.Redis) -> int:
-    """Return the Redis server clock in microseconds."""
-    seconds, micros = conn.time()
-    return int(seconds) * 1_000_000 + int(micros)
-
-
 def fill_index(
     conn: redis.Redis, total: int, recent: int, *, recent_age: float = 60, old_age: float = 7200
 ) -> list[str]:
@@ -125,7 +120,7 @@ def fill_index(
     ages matches exactly the recent ones. Statuses are spread as a busy service's would be.
     Return the recent ids.
     """
-    now = redis_now_us(conn)
+    now = redis_time_micros(conn)
     spread = [("done", 0.85), ("failed", 0.05), ("canceled", 0.02), ("running", 0.03)]
     recent_ids: list[str] = []
     batch: dict[str, dict[str, int]] = {}
@@ -143,7 +138,7 @@ def fill_index(
             if sum(len(m) for m in batch.values()) >= 5000:
                 _flush(pipe, batch)
         _flush(pipe, batch)
-    conn.hset(keys.registry_key(), "schema", keys.SCHEMA_VERSION)
+    conn.hset(keys.marker_key(), "schema", keys.SCHEMA_VERSION)
     return recent_ids
 
 

@@ -13,8 +13,9 @@ from typing import Any
 from rq import Queue
 
 from bench.harness import Section, api_process, fill_index, private_redis, table, wrk
-from shared.index import StatusIndex
-from shared.job import TASK_RUNNER, tracked_job_class
+from shared.settings import Settings
+from shared.tasks import RUNNER
+from shared.wiring import build_services
 from tests.support import running, service_env, start_worker
 
 HELD = 100_000
@@ -92,12 +93,10 @@ def _done(conn: Any) -> int:
 
 def _feed(conn: Any, stop: threading.Event) -> None:
     """Keep about 50 echo jobs waiting so both workers always have one to take."""
-    queue = Queue("default", connection=conn, job_class=tracked_job_class(StatusIndex(conn, 86400)))
+    queue = build_services(Settings(retention_seconds=86400), conn).queue
     while not stop.is_set():
         if queue.count < 50:
-            queue.enqueue_many(
-                [Queue.prepare_data(TASK_RUNNER, args=("echo", {})) for _ in range(50)]
-            )
+            queue.enqueue_many([Queue.prepare_data(RUNNER, args=("echo", {})) for _ in range(50)])
         else:
             time.sleep(0.01)
 

@@ -43,7 +43,7 @@ def run(scratch: Path, smoke: bool) -> Section:
         index = StatusIndex(conn, 7 * 86400)
         with conn.pipeline(transaction=False) as pipe:
             for i in range(jobs):
-                index.record(str(uuid.uuid4()), JobStatus.FINISHED, client=pipe)
+                index.record(str(uuid.uuid4()), JobStatus.FINISHED, pipe)
                 if i % 1000 == 999:
                     pipe.execute()
             pipe.execute()

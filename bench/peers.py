@@ -45,13 +45,13 @@ from bench.harness import (
     Section,
     api_process,
     private_redis,
-    redis_now_us,
     repeat,
     table,
 )
-from shared.index import StatusIndex
-from shared.job import TASK_RUNNER, tracked_job_class
+from shared.redis import redis_time_micros
 from shared.settings import Settings
+from shared.tasks import RUNNER
+from shared.wiring import build_services
 from tests.support import BIN, ROOT, Process, free_port, wait_until
 from worker.main import build_worker
 
@@ -121,7 +121,7 @@ def enqueue(queue: rq.Queue, count: int) -> list[str]:
     for start in range(0, count, ENQUEUE_BATCH):
         datas = [
             rq.Queue.prepare_data(
-                TASK_RUNNER,
+                RUNNER,
                 ("echo", {}),
                 timeout=3660,
                 result_ttl=RETENTION,
@@ -304,9 +304,7 @@ def run(scratch: Path, smoke: bool) -> Section:
         stack.callback(flower.stop, 5)
 
         # 1. This service's jobs: the first N-K run by its own worker, in the background.
-        queue = rq.Queue(
-            QUEUE, connection=conn, job_class=tracked_job_class(StatusIndex(conn, RETENTION))
-        )
+        queue = build_services(Settings(queue_name=QUEUE, retention_seconds=RETENTION), conn).queue
         started = time.perf_counter()
         enqueue(queue, held - window)
         burst = start_burst_workers(stack, rq_redis.url)
@@ -325,7 +323,7 @@ def run(scratch: Path, smoke: bool) -> Section:
 
         # The deliberate gap, its middle (by Redis's clock) being where the window starts.
         time.sleep(GAP / 2)
-        gap_us = redis_now_us(conn)
+        gap_us = redis_time_micros(conn)
         time.sleep(GAP / 2)
         started = time.perf_counter()
         newest = set(enqueue(queue, window))
@@ -337,7 +335,7 @@ def run(scratch: Path, smoke: bool) -> Section:
         # 1. This service, through gunicorn.
         with api_process(rq_redis.url) as port:
             client = ApiClient(port)
-            anchor_us, anchor = redis_now_us(conn), time.perf_counter()
+            anchor_us, anchor = redis_time_micros(conn), time.perf_counter()
 
             def ask_service() -> tuple[int, bytes]:
                 now_us = anchor_us + (time.perf_counter() - anchor) * 1e6

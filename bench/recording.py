@@ -15,9 +15,9 @@ import redis
 from rq import Queue, SimpleWorker, Worker
 
 from bench.harness import ROOT, Section, private_redis, table
-from shared.index import StatusIndex
-from shared.job import TASK_RUNNER, tracked_job_class
 from shared.settings import Settings
+from shared.tasks import RUNNER
+from shared.wiring import build_services
 from worker.main import build_worker
 
 RETENTION = 7 * 86400
@@ -46,12 +46,9 @@ def run(scratch: Path, smoke: bool) -> Section:
 
 def _enqueue(conn: redis.Redis, side: str, jobs: int) -> None:
     if side == "service":
-        queue = Queue(
-            "default", connection=conn, job_class=tracked_job_class(StatusIndex(conn, RETENTION))
-        )
+        queue = build_services(Settings(retention_seconds=RETENTION), conn).queue
         datas = [
-            Queue.prepare_data(TASK_RUNNER, args=("echo", {}), result_ttl=RETENTION)
-            for _ in range(jobs)
+            Queue.prepare_data(RUNNER, args=("echo", {}), result_ttl=RETENTION) for _ in range(jobs)
         ]
     else:
         queue = Queue("default", connection=conn)

@@ -11,10 +11,11 @@ from typing import Any
 
 from rq import Queue
 
-from api.submission import enqueue
+from api.enqueue import enqueue_bounded
 from bench.harness import Section, api_process, private_redis, table, wrk
-from shared.index import StatusIndex
-from shared.job import TASK_RUNNER, tracked_job_class
+from shared.settings import Settings
+from shared.tasks import RUNNER
+from shared.wiring import build_services
 
 SUBMIT = json.dumps({"task": "echo", "payload": {"n": 1}})
 HIGH_LIMIT = str(10**9)
@@ -47,14 +48,12 @@ def run(scratch: Path, smoke: bool) -> Section:
                         ]
                     )
                     print(f"  {rows[-1]}", flush=True)
-        index = StatusIndex(conn, 7 * 86400)
-        job_class = tracked_job_class(index)
-        tracked = Queue("default", connection=conn, job_class=job_class)
+        tracked = build_services(Settings(), conn).queue
         plain = Queue("default", connection=conn)
         cases = {
             "`Queue.enqueue` in a loop (plain RQ)": lambda: plain.enqueue("bench.noop.noop", {}),
-            "service enqueue, no limit": lambda: enqueue(tracked, _job(tracked), 0),
-            "service enqueue, atomic check": lambda: enqueue(tracked, _job(tracked), 10**9),
+            "service enqueue, no limit": lambda: enqueue_bounded(tracked, _job(tracked), 0),
+            "service enqueue, atomic check": lambda: enqueue_bounded(tracked, _job(tracked), 10**9),
         }
         per_call: dict[str, float] = {}
         for name, fn in cases.items():
@@ -75,7 +74,7 @@ def run(scratch: Path, smoke: bool) -> Section:
             f"HTTP: wrk, {seconds} s per cell, keep-alive connections, gunicorn with 2 gthread "
             "workers, no RQ worker draining the queue. In-process: "
             f"{loops:,} calls in a Python loop on one connection. The check is WATCH on the queue "
-            "list, LLEN, then RQ's own enqueue in MULTI/EXEC (`api/submission.py`).",
+            "list, LLEN, then RQ's own enqueue in MULTI/EXEC (`api/enqueue.py`).",
             table(["what", "concurrent clients", "jobs/s", "latency p50 / p99 (ms)"], rows),
             f"The check alone costs **{check_us:.0f} µs** per submission in-process (two extra "
             "round trips, WATCH and LLEN, before the MULTI/EXEC that RQ needs anyway).",
@@ -85,7 +84,7 @@ def run(scratch: Path, smoke: bool) -> Section:
 
 
 def _job(queue: Queue) -> Any:
-    return queue.create_job(TASK_RUNNER, args=("echo", {}), meta={"task": "echo"})
+    return queue.create_job(RUNNER, args=("echo", {}), meta={"task": "echo"})
 
 
 if __name__ == "__main__":

@@ -7,5 +7,5 @@ class ConfigError(Exception):
     """A configuration variable is missing or malformed; the message names it."""
 
 
-class RegistryNotFoundError(Exception):
-    """The Redis database holds no job registry marker (never used, or flushed)."""
+class IndexNotFoundError(Exception):
+    """The Redis database holds no index marker: the index was never written, or was flushed."""

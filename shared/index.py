@@ -1,25 +1,24 @@
 """The status index: one sorted set per status, each job in exactly one, scored by Redis time.
 
 Layout (see docs/index-layout.md): `tkj:index:<status>` holds job ids scored by the Redis
-server time of their latest state change, in integer microseconds. `tkj:registry` is the
-marker hash whose absence means "no job registry here".
+server time of their latest state change, in integer microseconds. The index marker hash
+(`keys.marker_key()`) says an index lives here; its absence answers "Jobs directory not found".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 from rq.job import JobStatus
 
 from shared import keys
-from shared.exceptions import RegistryNotFoundError
+from shared.exceptions import IndexNotFoundError
+from shared.redis import MICROS, time_micros
 from shared.status import Status, from_rq
 
 STATUSES = list(Status)
-MICROS = 1_000_000
 # How many expired entries one trim step removes: small enough never to block Redis.
 TRIM_BATCH = 500
 
@@ -38,14 +37,14 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 """
 
 # Record one state change. Guarantees, atomically: RQ's own `status` field in the job hash,
-# the job's single entry in the index (moved out of every other status set), and the registry
+# the job's single entry in the index (moved out of every other status set), and the index
 # marker all change together, scored by this Redis server's clock, never the caller's. It also
 # trims a bounded batch of expired entries from the set it writes to, so retention needs no scan.
 # When the job's API status really changes (it was not already in the target set), it counts
 # the change in the transitions hash, field "<from>:<to>" ("new" when the job was in no set),
 # in the same transaction: the count can never disagree with the index. Which set held the job
 # comes from the ZREM replies the move makes anyway, so counting costs one HINCRBY.
-# KEYS: job hash, registry marker, transitions hash, the index sets in Status order.
+# KEYS: job hash, index marker, transitions hash, the index sets in Status order.
 # ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch.
 # The status names are written into the script (`names`, in Status order), not sent each call.
 RECORD_LUA = (
@@ -99,12 +98,9 @@ class WindowIds:
     queue_length: int
 
 
-@dataclass(frozen=True)
-class Window:
-    """The jobs whose latest state change falls inside a window, and the queue length then."""
-
-    statuses: dict[str, Status]
-    queue_length: int
+def window_start(now_micros: int, since_seconds: float) -> int:
+    """Return the lowest score (µs, inclusive) of the last `since_seconds` before `now_micros`."""
+    return now_micros - int(since_seconds * MICROS)
 
 
 class StatusIndex:
@@ -113,18 +109,15 @@ class StatusIndex:
     def __init__(self, connection: Redis, retention_seconds: int) -> None:
         self.connection = connection
         self.retention_seconds = retention_seconds
-        self._record = connection.register_script(RECORD_LUA)
         self._trim = connection.register_script(TRIM_LUA)
         self._index_keys = keys.status_index_keys()
 
-    def record(
-        self, job_id: str, rq_status: JobStatus, client: Redis | Pipeline | None = None
-    ) -> Any:
-        """Record that `job_id` now has `rq_status`, on `client` (a pipeline joins its MULTI)."""
+    def record(self, job_id: str, rq_status: JobStatus, pipeline: Pipeline) -> None:
+        """Queue the recording of `job_id` now having `rq_status` inside `pipeline`'s MULTI."""
         status = from_rq(rq_status)
         script_keys = [
             keys.rq_job_key(job_id),
-            keys.registry_key(),
+            keys.marker_key(),
             keys.transitions_key(),
             *self._index_keys,
         ]
@@ -136,14 +129,10 @@ class StatusIndex:
             keys.SCHEMA_VERSION,
             TRIM_BATCH,
         ]
-        if isinstance(client, Pipeline):
-            # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per
-            # pipeline on a registered script, and a NOSCRIPT error inside MULTI (after a Redis
-            # restart) would let RQ's half of the transaction commit without ours.
-            return client.eval(RECORD_LUA, len(script_keys), *script_keys, *args)
-        return self._record(
-            keys=script_keys, args=args, client=client if client is not None else self.connection
-        )
+        # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per pipeline
+        # on a registered script, and a NOSCRIPT error inside MULTI (after a Redis restart)
+        # would let RQ's half of the transaction commit without ours.
+        pipeline.eval(RECORD_LUA, len(script_keys), *script_keys, *args)
 
     def window_ids(self, since_seconds: float, queue_name: str) -> WindowIds:
         """Return the raw ids per status changed in the last `since_seconds`, by Redis time."""
@@ -152,12 +141,12 @@ class StatusIndex:
         # (docs/benchmarks.md). MULTI keeps the five ranges one consistent snapshot.
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.exists(keys.registry_key())
+            pipe.exists(keys.marker_key())
             pipe.llen(keys.rq_queue_key(queue_name))
-            (seconds, micros), marker, queue_length = pipe.execute()
+            now, marker, queue_length = pipe.execute()
         if not marker:
-            raise RegistryNotFoundError("Jobs directory not found")
-        low = int(seconds) * MICROS + int(micros) - int(since_seconds * MICROS)
+            raise IndexNotFoundError("Jobs directory not found")
+        low = window_start(time_micros(now), since_seconds)
         with self.connection.pipeline(transaction=True) as pipe:
             for key in self._index_keys:
                 pipe.zrangebyscore(key, low, "+inf")
@@ -166,15 +155,9 @@ class StatusIndex:
             ids=list(zip(STATUSES, ranges, strict=True)), queue_length=int(queue_length)
         )
 
-    def window(self, since_seconds: float, queue_name: str) -> Window:
-        """Return {job_id: status} of the jobs changed in the last `since_seconds`."""
-        raw = self.window_ids(since_seconds, queue_name)
-        statuses = {job_id.decode(): status for status, ids in raw.ids for job_id in ids}
-        return Window(statuses=statuses, queue_length=raw.queue_length)
-
-    def mark_registry(self) -> None:
-        """Write the registry marker with the schema version."""
-        self.connection.hset(keys.registry_key(), "schema", keys.SCHEMA_VERSION)
+    def mark(self) -> None:
+        """Write the index marker with the schema version."""
+        self.connection.hset(keys.marker_key(), "schema", keys.SCHEMA_VERSION)
 
     def trim_expired(self, max_batches: int = 100) -> int:
         """Remove entries older than the retention in bounded batches; return how many went."""
@@ -186,14 +169,3 @@ class StatusIndex:
                 if count < TRIM_BATCH:
                     break
         return removed
-
-    def score_of(self, job_id: str) -> tuple[Status, int] | None:
-        """Return the indexed status of `job_id` and its score (µs of Redis time), if any."""
-        with self.connection.pipeline(transaction=False) as pipe:
-            for key in self._index_keys:
-                pipe.zscore(key, job_id)
-            scores = pipe.execute()
-        for status, score in zip(STATUSES, scores, strict=True):
-            if score is not None:
-                return status, int(score)
-        return None

@@ -8,14 +8,16 @@ from typing import Any
 from redis.client import Pipeline
 from rq.job import Job, JobStatus
 
+from shared import tasks
 from shared.index import StatusIndex
 from shared.status import Status, from_rq
 
 logger = logging.getLogger(__name__)
 
-# The one function a job of this service may name. Clients pick a registered task by name;
-# the runner looks the name up, so no import path ever travels from a client to a worker.
-TASK_RUNNER = "worker.registry.run_task"
+# The runner's name before the task catalog moved to shared/: jobs enqueued by an older
+# version still name it, and run through the same runner.
+LEGACY_RUNNER = "worker.registry.run_task"
+RUNNER_NAMES = frozenset({tasks.RUNNER, LEGACY_RUNNER})
 
 
 class UnregisteredFunctionError(Exception):
@@ -33,13 +35,17 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
             # The record script writes RQ's own `status` field too, so the index can never
             # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
             self._status = JobStatus(status)
-            client = pipeline if pipeline is not None else self.connection
-            index.record(self.id, self._status, client=client)
+            if pipeline is not None:
+                index.record(self.id, self._status, pipeline)
+                return
+            with self.connection.pipeline() as own:
+                index.record(self.id, self._status, own)
+                own.execute()
 
         def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
             """Mark the job started, as RQ does, and record `running` in the same pipeline."""
             super().prepare_for_execution(worker_name, pipeline)
-            index.record(self.id, JobStatus.STARTED, client=pipeline)
+            index.record(self.id, JobStatus.STARTED, pipeline)
 
         # Callbacks would be another way to name a function; the service never sets them, and
         # a job that does (written straight into Redis) gets none run.
@@ -61,11 +67,11 @@ def tracked_job_class(index: StatusIndex) -> type[Job]:
         @property
         def func(self) -> Any:
             """Return the task runner, refusing a job that names any other function."""
-            if self.func_name != TASK_RUNNER:
+            if self.func_name not in RUNNER_NAMES:
                 raise UnregisteredFunctionError(
                     f"job {self.id} names {self.func_name!r}, not the task runner"
                 )
-            return super().func
+            return tasks.run_task
 
     return TrackedJob
 

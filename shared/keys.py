@@ -12,8 +12,9 @@ PREFIX = "tkj:"
 SCHEMA_VERSION = 1
 
 
-def registry_key() -> str:
-    """Return the key of the registry marker hash (its absence means "no job registry")."""
+def marker_key() -> str:
+    """Return the key of the index marker hash (its absence means "no index here")."""
+    # The name predates the word "marker"; kept so that a running deployment's layout holds.
     return f"{PREFIX}registry"
 
 

@@ -1,4 +1,4 @@
-"""The Redis connection, built from settings and passed explicitly to whoever needs it."""
+"""The Redis connection, built from settings and passed explicitly; Redis server time."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from redis.exceptions import ConnectionError
 from redis.retry import Retry
 
 from shared.settings import Settings
+
+MICROS = 1_000_000
 
 
 def connect(settings: Settings) -> Redis:
@@ -24,3 +26,14 @@ def connect(settings: Settings) -> Redis:
             ExponentialBackoff(cap=0.2, base=0.05), retries=1, supported_errors=(ConnectionError,)
         ),
     )
+
+
+def time_micros(reply: tuple[int, int] | list[int]) -> int:
+    """Return a Redis TIME reply (seconds, microseconds) as integer microseconds."""
+    seconds, micros = reply
+    return int(seconds) * MICROS + int(micros)
+
+
+def redis_time_micros(connection: Redis) -> int:
+    """Return the Redis server's clock now, in integer microseconds since the epoch."""
+    return time_micros(connection.time())

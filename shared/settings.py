@@ -7,10 +7,13 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from shared.exceptions import ConfigError
-from shared.logs import LogFormat
+
+if TYPE_CHECKING:
+    # Only a type here: the health probes import settings and nothing of logging's set-up.
+    from shared.logs import LogFormat
 
 T = TypeVar("T")
 

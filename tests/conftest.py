@@ -17,7 +17,7 @@ from shared.index import StatusIndex
 from shared.redis import connect
 from shared.settings import Settings
 from tests.support import API_KEY, RedisServer
-from worker.main import IndexedWorker, build_worker
+from worker.main import TrackingMixin, build_worker
 
 
 @pytest.fixture(scope="session")
@@ -74,10 +74,10 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
-def run_worker(conn: redis.Redis, settings: Settings) -> Callable[..., IndexedWorker]:
+def run_worker(conn: redis.Redis, settings: Settings) -> Callable[..., TrackingMixin]:
     """Return a function that runs an in-process worker in burst mode until the queue is empty."""
 
-    def run(**changes: Any) -> IndexedWorker:
+    def run(**changes: Any) -> TrackingMixin:
         worker = build_worker(replace(settings, **changes), conn)
         worker.work(burst=True, with_scheduler=False)
         return worker

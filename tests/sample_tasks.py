@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.registry import InvalidPayloadError, Payload, task
+from shared.tasks import InvalidPayloadError, Payload, task
 
 
 def _text_payload(payload: Payload) -> Payload:

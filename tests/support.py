@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from rq.job import JobStatus
+
+from shared import keys
+from shared.index import StatusIndex
+from shared.status import Status
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,3 +211,22 @@ def running(*processes: Process) -> Iterator[None]:
     finally:
         for proc in processes:
             proc.stop()
+
+
+def indexed(conn: redis.Redis, job_id: str) -> tuple[Status, int] | None:
+    """Return the indexed status of `job_id` and its score (µs of Redis time), if any."""
+    with conn.pipeline(transaction=False) as pipe:
+        for status in Status:
+            pipe.zscore(keys.status_index_key(status), job_id)
+        scores = pipe.execute()
+    for status, score in zip(Status, scores, strict=True):
+        if score is not None:
+            return status, int(score)
+    return None
+
+
+def record(index: StatusIndex, job_id: str, rq_status: JobStatus) -> None:
+    """Record `rq_status` for `job_id` in `index` in a transaction of its own."""
+    with index.connection.pipeline() as pipe:
+        index.record(job_id, rq_status, pipe)
+        pipe.execute()

@@ -9,6 +9,8 @@ import rq.executions
 import rq.registry
 from redis import Redis
 
+from shared.redis import MICROS, redis_time_micros
+
 logger = logging.getLogger(__name__)
 
 # Beyond this the host's clock is worth a warning: RQ's own timestamps (started_at, the worker
@@ -26,9 +28,9 @@ class RedisClock:
     def sync(self) -> float:
         """Measure and keep the offset of Redis time from local time; return it in seconds."""
         before = time.time()
-        seconds, micros = self.connection.time()
+        now = redis_time_micros(self.connection)
         after = time.time()
-        self.offset = int(seconds) + int(micros) / 1e6 - (before + after) / 2
+        self.offset = now / MICROS - (before + after) / 2
         if abs(self.offset) > SKEW_WARNING_SECONDS:
             logger.warning("this host's clock is %+.1f s off Redis time; run NTP", -self.offset)
         return self.offset

@@ -8,16 +8,17 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError, TimeoutError
-from rq import Queue, SimpleWorker, Worker
+from rq import SimpleWorker, Worker
 from rq.job import Job
 from rq.worker import BaseWorker
 
+from shared import tasks
 from shared.index import StatusIndex
-from shared.job import log_transition, tracked_job_class
+from shared.job import log_transition
 from shared.redis import connect
 from shared.settings import Settings
 from shared.status import Status
-from worker import registry
+from shared.wiring import build_services
 from worker.clock import RedisClock, use_redis_time
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ HEARTBEAT_GRACE = 20
 WORKER_TTL = 35
 
 
-class IndexedWorker(BaseWorker):
+class TrackingMixin(BaseWorker):
     """Trim expired index entries during RQ's maintenance; log each transition once it holds."""
 
     index: StatusIndex
@@ -69,7 +70,7 @@ class IndexedWorker(BaseWorker):
 
 # The mixin comes first so that its maintenance wraps RQ's; everything else (forking a
 # work-horse or not) comes from the RQ class named second.
-class TrackedWorker(IndexedWorker, Worker):
+class TrackedWorker(TrackingMixin, Worker):
     """RQ's forking worker, plus index maintenance, short job leases and sweeps while busy."""
 
     def get_heartbeat_ttl(self, job: Job) -> int:
@@ -95,7 +96,7 @@ class TrackedWorker(IndexedWorker, Worker):
             logger.warning("heartbeat of job %s missed, Redis unreachable: %s", job.id, exc)
 
 
-class TrackedSimpleWorker(IndexedWorker, SimpleWorker):
+class TrackedSimpleWorker(TrackingMixin, SimpleWorker):
     """RQ's in-process worker, plus index maintenance."""
 
 
@@ -114,23 +115,21 @@ def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -
             delay = min(delay * 2, 5.0)
 
 
-def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> IndexedWorker:
+def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> TrackingMixin:
     """Return a worker of the configured class on the configured queue, recording into the index."""
-    registry.load(settings.task_modules)
-    index = StatusIndex(connection, settings.retention_seconds)
-    job_class = tracked_job_class(index)
-    queue = Queue(settings.queue_name, connection=connection, job_class=job_class)
+    tasks.load(settings.task_modules)
+    svc = build_services(settings, connection)
     worker_class = TrackedWorker if settings.worker_class == "fork" else TrackedSimpleWorker
     worker = worker_class(
-        [queue],
+        [svc.queue],
         connection=connection,
-        job_class=job_class,
+        job_class=svc.job_class,
         maintenance_interval=settings.maintenance_interval,
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
         worker_ttl=WORKER_TTL,
         **kwargs,
     )
-    worker.index = index
+    worker.index = svc.index
     return worker
 
 
@@ -142,7 +141,7 @@ def run(settings: Settings) -> bool:
     worker.clock = RedisClock(connection)
     worker.clock.sync()
     use_redis_time(worker.clock)
-    worker.index.mark_registry()
+    worker.index.mark()
     logger.info(
         "worker %s (%s) on queue %r", worker.name, settings.worker_class, settings.queue_name
     )

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from rq.job import Job, JobStatus
 from werkzeug.test import TestResponse
 
-from api.dashboard import create_dashboard_app, display_url
+from api.dashboard.app import create_dashboard_app, display_url
 from shared import keys
 from shared.index import parse_transitions
 from shared.status import Status
@@ -108,16 +108,16 @@ def test_credentials_are_compared_in_constant_time(
     dash: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """User and password both go through hmac.compare_digest, even when the user is wrong."""
-    import api.dashboard_guard
+    import api.dashboard.guard
 
     calls: list[tuple[bytes, bytes]] = []
-    real = api.dashboard_guard.hmac.compare_digest
+    real = api.dashboard.guard.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(api.dashboard_guard.hmac, "compare_digest", spy)
+    monkeypatch.setattr(api.dashboard.guard.hmac, "compare_digest", spy)
     assert_envelope(dash.get(QUEUES, headers=basic("nobody", "guess")), 401)
     assert dash.get(QUEUES, headers=LOGIN).status_code == 200
     assert calls == [

@@ -13,7 +13,8 @@ from rq.job import JobStatus
 
 from shared.index import StatusIndex
 from tests.api.helpers import JOB_STATUS, assert_envelope, post, submit
-from worker.main import IndexedWorker
+from tests.support import record
+from worker.main import TrackingMixin
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 DESCRIPTION_FIELDS = {
@@ -54,7 +55,7 @@ def assert_recent(text: str) -> datetime:
 
 
 def test_done_job_has_its_result(
-    client: FlaskClient, run_worker: Callable[..., IndexedWorker]
+    client: FlaskClient, run_worker: Callable[..., TrackingMixin]
 ) -> None:
     """A finished echo job is "done", at 100%, with the payload as result and ordered times."""
     payload = {"greeting": "hello", "n": [1, 2, 3], "nested": {"ok": True}}
@@ -73,7 +74,7 @@ def test_done_job_has_its_result(
 
 
 def test_failed_job_has_its_error(
-    client: FlaskClient, run_worker: Callable[..., IndexedWorker]
+    client: FlaskClient, run_worker: Callable[..., TrackingMixin]
 ) -> None:
     """A failed job is "failed" with an error naming the task's message, and no result."""
     job_id = submit(client, "fail", {"message": "the disk is on fire"})
@@ -103,7 +104,7 @@ def test_queued_job_has_not_started(client: FlaskClient) -> None:
 def test_running_status_comes_from_the_job(client: FlaskClient, index: StatusIndex) -> None:
     """A job whose recorded status is started is reported "running"."""
     job_id = submit(client, "sleep", {"seconds": 1})
-    index.record(job_id, JobStatus.STARTED)
+    record(index, job_id, JobStatus.STARTED)
     assert describe(client, job_id)["job_status"] == "running"
 
 

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from rq.job import JobStatus
 
-from api.services import EXTENSION
+from api.context import EXTENSION
 from shared import keys
 from shared.index import StatusIndex
 from shared.status import Status
@@ -25,8 +25,8 @@ from tests.api.helpers import (
     redis_now_us,
     submit,
 )
-from tests.support import AUTH, wait_until
-from worker.main import IndexedWorker
+from tests.support import AUTH, indexed, record, wait_until
+from worker.main import TrackingMixin
 
 SECOND = 1_000_000
 
@@ -51,7 +51,7 @@ def test_missing_since_seconds_means_600(
     client: FlaskClient, conn: redis.Redis, index: StatusIndex, kwargs: dict[str, Any]
 ) -> None:
     """Without since_seconds the window is the last 600 seconds, whatever the empty body."""
-    index.record("now", JobStatus.QUEUED)
+    record(index, "now", JobStatus.QUEUED)
     plant(conn, "inside", Status.DONE, 590)
     plant(conn, "outside", Status.DONE, 610)
     body = assert_envelope(client.post(JOBS_STATUS, headers=AUTH, **kwargs), 200)
@@ -77,7 +77,7 @@ def test_reports_every_status(
     app: Flask,
     client: FlaskClient,
     index: StatusIndex,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
 ) -> None:
     """Each job appears once, with its latest status: queued, running, done, failed, canceled."""
     done = submit(client, "echo", {"x": 1})
@@ -87,7 +87,7 @@ def test_reports_every_status(
     canceled = submit(client, "echo")
     job_class = app.extensions[EXTENSION].job_class
     job_class.fetch(canceled, connection=index.connection).cancel()
-    index.record("running-job", JobStatus.STARTED)
+    record(index, "running-job", JobStatus.STARTED)
 
     body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 60}), 200)
     assert body["response"] == {
@@ -112,8 +112,8 @@ def test_window_boundary_follows_redis_time(
     client: FlaskClient, conn: redis.Redis, index: StatusIndex
 ) -> None:
     """A change older than since_seconds (by Redis time) is out; within it, in; 0 excludes it."""
-    index.record("edge", JobStatus.FINISHED)
-    found = index.score_of("edge")
+    record(index, "edge", JobStatus.FINISHED)
+    found = indexed(conn, "edge")
     assert found is not None
     _, recorded = found
     wait_until(lambda: redis_now_us(conn) - recorded > 300_000, timeout=5, interval=0.02)

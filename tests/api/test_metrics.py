@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.index import StatusIndex
 from shared.status import Status
 from tests.api.helpers import AUTHENTICATE, JOBS, assert_envelope, post, redis_now_us, submit
-from tests.support import API_KEY, AUTH, wait_until
-from worker.main import IndexedWorker
+from tests.support import API_KEY, AUTH, indexed, wait_until
+from worker.main import TrackingMixin
 
 METRICS = "/metrics"
 # (sample name, sorted label pairs) -> value
@@ -84,7 +84,7 @@ def test_metrics_refuse_a_missing_or_wrong_key(
 def test_queue_depth_and_status_counts_follow_the_jobs(
     client: FlaskClient,
     make_app: Callable[..., Flask],
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
 ) -> None:
     """Queue depth per RQ queue and jobs per status (zeros included) match what was run."""
     for task in ("echo", "echo", "fail"):
@@ -122,7 +122,7 @@ def test_an_empty_redis_reports_the_configured_queue_and_every_status_at_zero(
 
 
 def test_transitions_are_counted_from_redis(
-    client: FlaskClient, run_worker: Callable[..., IndexedWorker]
+    client: FlaskClient, run_worker: Callable[..., TrackingMixin]
 ) -> None:
     """Each recorded status change shows as toolkit_jobs_transitions_total{from, to}."""
     submit(client, "echo")
@@ -184,14 +184,14 @@ def test_oldest_waiting_age_is_measured_from_the_first_queued_job(
     client: FlaskClient,
     conn: redis.Redis,
     index: StatusIndex,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
 ) -> None:
     """The age is Redis time since the oldest queued job was queued; 0 once none waits."""
     age = "toolkit_jobs_oldest_queued_age_seconds"
     assert value(scrape(client), age) == 0
     first = submit(client)
     submit(client)
-    found = index.score_of(first)
+    found = indexed(conn, first)
     assert found is not None
     queued_at = found[1]
     wait_until(lambda: redis_now_us(conn) > queued_at)

@@ -15,6 +15,7 @@ from shared import keys
 from shared.index import StatusIndex
 from shared.status import Status
 from tests.api.helpers import JOBS, assert_envelope, post, queue_length, submit
+from tests.support import indexed
 
 
 def test_accepts_and_enqueues(client: FlaskClient, conn: redis.Redis, index: StatusIndex) -> None:
@@ -29,7 +30,7 @@ def test_accepts_and_enqueues(client: FlaskClient, conn: redis.Redis, index: Sta
     job = Job.fetch(job_id, connection=conn)
     assert job.get_status() == JobStatus.QUEUED
     assert job.meta["task"] == "echo"
-    found = index.score_of(job_id)
+    found = indexed(conn, job_id)
     assert found is not None and found[0] is Status.QUEUED
     assert queue_length(conn) == 1
 

@@ -9,11 +9,11 @@ import pytest
 from api.errors import ApiError
 from api.validation import (
     DEFAULT_SINCE_SECONDS,
-    Submission,
+    JobRequest,
     job_id,
+    job_request,
     parse_body,
     since_seconds,
-    submission,
     webhook_url,
 )
 
@@ -144,15 +144,15 @@ def test_job_id_refuses(body: dict[str, Any]) -> None:
 
 def test_submission_defaults() -> None:
     """A task alone has an empty payload and no webhook."""
-    assert submission({"task": "echo"}) == Submission(task="echo", payload={}, webhook_url=None)
+    assert job_request({"task": "echo"}) == JobRequest(task="echo", payload={}, webhook_url=None)
 
 
 def test_submission_keeps_payload_and_webhook() -> None:
     """The payload and a valid webhook URL are returned as given."""
-    wanted = submission(
+    wanted = job_request(
         {"task": "sleep", "payload": {"seconds": 1}, "webhook_url": "https://h.example/x"}
     )
-    assert wanted == Submission("sleep", {"seconds": 1}, "https://h.example/x")
+    assert wanted == JobRequest("sleep", {"seconds": 1}, "https://h.example/x")
 
 
 @pytest.mark.parametrize(
@@ -169,14 +169,14 @@ def test_submission_keeps_payload_and_webhook() -> None:
         ({"task": "echo", "webhook_url": "ftp://h/x"}, "webhook_url"),
     ],
 )
-def test_submission_refuses(body: dict[str, Any], field: str) -> None:
+def test_job_request_refuses(body: dict[str, Any], field: str) -> None:
     """A missing or non-string task, a non-object payload or a bad webhook URL is a 400."""
-    assert field in refused(submission, body).message
+    assert field in refused(job_request, body).message
 
 
 def test_submission_task_length_limit_is_inclusive() -> None:
     """A task name of exactly 100 characters passes the shape check."""
-    assert submission({"task": "t" * 100}).task == "t" * 100
+    assert job_request({"task": "t" * 100}).task == "t" * 100
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from worker.registry import Payload, task
+from shared.tasks import Payload, task
 
 RUNS_KEY = "test:runs"
 

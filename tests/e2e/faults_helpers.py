@@ -14,9 +14,8 @@ import redis
 from rq import Worker
 from rq.job import Job
 
-from shared.index import StatusIndex
 from shared.status import Status
-from tests.support import Process, service_env, wait_until
+from tests.support import Process, indexed, service_env, wait_until
 
 RETENTION_SECONDS = 7 * 24 * 60 * 60
 
@@ -131,7 +130,7 @@ def redis_now(conn: redis.Redis) -> float:
 
 def index_entry(conn: redis.Redis, job_id: str) -> tuple[Status, int] | None:
     """Return the job's status in the index and its score (µs of Redis time), if indexed."""
-    return StatusIndex(conn, RETENTION_SECONDS).score_of(job_id)
+    return indexed(conn, job_id)
 
 
 def index_status(conn: redis.Redis, job_id: str) -> Status | None:

@@ -21,8 +21,8 @@ from rq import Worker
 from rq.job import Job, JobStatus
 
 from shared import keys
-from shared.job import TASK_RUNNER
 from shared.status import Status
+from shared.tasks import RUNNER
 from tests.e2e.faults_helpers import (
     default_env,
     index_entry,
@@ -256,7 +256,7 @@ def test_api_killed_mid_request_leaves_no_half_written_job(
         assert fields[b"origin"] == b"default", job_id
     for job in Job.fetch_many(queued, connection=conn):
         assert job is not None
-        assert job.func_name == TASK_RUNNER
+        assert job.func_name == RUNNER
         assert job.args[0] == "echo"
 
     port = free_port()

@@ -7,9 +7,10 @@ import redis
 from rq.job import JobStatus
 
 from shared import keys
-from shared.exceptions import RegistryNotFoundError
-from shared.index import TRIM_BATCH, StatusIndex, parse_transitions
+from shared.exceptions import IndexNotFoundError
+from shared.index import TRIM_BATCH, StatusIndex, WindowIds, parse_transitions
 from shared.status import Status
+from tests.support import indexed, record
 
 
 def redis_now_us(conn: redis.Redis) -> int:
@@ -21,21 +22,21 @@ def test_record_moves_the_single_entry_and_writes_rq_status(
     conn: redis.Redis, index: StatusIndex
 ) -> None:
     """A job has exactly one index entry, in the set of its latest status, and RQ's field agrees."""
-    index.record("job-1", JobStatus.QUEUED)
-    index.record("job-1", JobStatus.STARTED)
-    index.record("job-1", JobStatus.FINISHED)
+    record(index, "job-1", JobStatus.QUEUED)
+    record(index, "job-1", JobStatus.STARTED)
+    record(index, "job-1", JobStatus.FINISHED)
     memberships = [conn.zscore(keys.status_index_key(s), "job-1") for s in Status]
     assert [m is not None for m in memberships] == [False, False, True, False, False]
     assert conn.hget(keys.rq_job_key("job-1"), "status") == b"finished"
-    assert conn.exists(keys.registry_key())
+    assert conn.exists(keys.marker_key())
 
 
 def test_score_is_redis_server_time(conn: redis.Redis, index: StatusIndex) -> None:
     """The score is the Redis server clock in microseconds at the time of the write."""
     before = redis_now_us(conn)
-    index.record("job-1", JobStatus.QUEUED)
+    record(index, "job-1", JobStatus.QUEUED)
     after = redis_now_us(conn)
-    found = index.score_of("job-1")
+    found = indexed(conn, "job-1")
     assert found is not None
     status, score = found
     assert status is Status.QUEUED
@@ -102,11 +103,11 @@ def test_record_trims_a_bounded_batch_of_the_set_it_writes(conn: redis.Redis) ->
     failed = keys.status_index_key(Status.FAILED)
     conn.zadd(done, {f"old-{i}": 1_000 + i for i in range(TRIM_BATCH + 2)})
     conn.zadd(failed, {"old-failed": 1_000})
-    index.record("job-new", JobStatus.FINISHED)
+    record(index, "job-new", JobStatus.FINISHED)
     assert conn.zcard(done) == 2 + 1
     assert conn.zscore(done, "job-new") is not None
     assert conn.zscore(failed, "old-failed") is not None
-    index.record("job-newer", JobStatus.FINISHED)
+    record(index, "job-newer", JobStatus.FINISHED)
     members = {m.decode() for m in conn.zrange(done, 0, -1)}
     assert members == {"job-new", "job-newer"}
 
@@ -115,45 +116,45 @@ def test_record_in_a_pipeline_joins_its_transaction(conn: redis.Redis) -> None:
     """A record on a MULTI pipeline writes nothing until EXEC, and nothing if discarded."""
     index = StatusIndex(conn, RETENTION)
     with conn.pipeline() as pipe:
-        index.record("job-1", JobStatus.QUEUED, client=pipe)
-        assert index.score_of("job-1") is None
+        index.record("job-1", JobStatus.QUEUED, pipe)
+        assert indexed(conn, "job-1") is None
         pipe.reset()
-    assert index.score_of("job-1") is None
+    assert indexed(conn, "job-1") is None
     assert not conn.exists(keys.rq_job_key("job-1"))
     with conn.pipeline() as pipe:
         pipe.set("other", "1")
-        index.record("job-1", JobStatus.QUEUED, client=pipe)
+        index.record("job-1", JobStatus.QUEUED, pipe)
         pipe.execute()
-    found = index.score_of("job-1")
+    found = indexed(conn, "job-1")
     assert found is not None and found[0] is Status.QUEUED
     assert conn.hget(keys.rq_job_key("job-1"), "status") == b"queued"
-
-
-def test_score_of_unknown_job_is_none(index: StatusIndex) -> None:
-    """A job the index never saw has no entry."""
-    assert index.score_of("never-seen") is None
 
 
 def test_window_lists_recent_changes_with_their_status(
     conn: redis.Redis, index: StatusIndex
 ) -> None:
-    """window() returns the jobs changed within the window, with statuses and the queue length."""
-    index.record("job-done", JobStatus.FINISHED)
-    index.record("job-started", JobStatus.STARTED)
+    """window_ids() returns the jobs changed within the window by status, and the queue length."""
+    record(index, "job-done", JobStatus.FINISHED)
+    record(index, "job-started", JobStatus.STARTED)
     conn.zadd(keys.status_index_key(Status.FAILED), {"job-old": redis_now_us(conn) - MINUTE_US})
     conn.rpush(keys.rq_queue_key("default"), "a", "b")
-    window = index.window(30, "default")
-    assert window.statuses == {"job-done": Status.DONE, "job-started": Status.RUNNING}
+    window = index.window_ids(30, "default")
+    assert statuses(window) == {"job-done": Status.DONE, "job-started": Status.RUNNING}
     assert window.queue_length == 2
-    assert index.window(120, "default").statuses["job-old"] is Status.FAILED
+    assert statuses(index.window_ids(120, "default"))["job-old"] is Status.FAILED
 
 
-def test_window_without_registry_marker_raises(conn: redis.Redis, index: StatusIndex) -> None:
-    """window() raises RegistryNotFoundError when the marker is absent (new or flushed Redis)."""
-    with pytest.raises(RegistryNotFoundError):
-        index.window(600, "default")
-    index.mark_registry()
-    assert index.window(600, "default").statuses == {}
+def test_window_without_index_marker_raises(conn: redis.Redis, index: StatusIndex) -> None:
+    """window_ids() raises IndexNotFoundError when the marker is absent (new or flushed Redis)."""
+    with pytest.raises(IndexNotFoundError):
+        index.window_ids(600, "default")
+    index.mark()
+    assert statuses(index.window_ids(600, "default")) == {}
+
+
+def statuses(window: WindowIds) -> dict[str, Status]:
+    """Return {job_id: status} of a window read."""
+    return {job_id.decode(): status for status, ids in window.ids for job_id in ids}
 
 
 def transitions(conn: redis.Redis) -> dict[tuple[str, str], int]:
@@ -163,13 +164,13 @@ def transitions(conn: redis.Redis) -> dict[tuple[str, str], int]:
 
 def test_record_counts_each_status_change_once(conn: redis.Redis, index: StatusIndex) -> None:
     """Each change of API status adds exactly one to its "<from>:<to>" field, "new" first."""
-    index.record("job-1", JobStatus.QUEUED)
+    record(index, "job-1", JobStatus.QUEUED)
     assert transitions(conn) == {("new", "queued"): 1}
-    index.record("job-1", JobStatus.STARTED)
-    index.record("job-1", JobStatus.FINISHED)
-    index.record("job-2", JobStatus.QUEUED)
-    index.record("job-2", JobStatus.STARTED)
-    index.record("job-2", JobStatus.FAILED)
+    record(index, "job-1", JobStatus.STARTED)
+    record(index, "job-1", JobStatus.FINISHED)
+    record(index, "job-2", JobStatus.QUEUED)
+    record(index, "job-2", JobStatus.STARTED)
+    record(index, "job-2", JobStatus.FAILED)
     assert transitions(conn) == {
         ("new", "queued"): 2,
         ("queued", "running"): 2,
@@ -182,11 +183,11 @@ def test_record_of_an_unchanged_status_is_not_a_transition(
     conn: redis.Redis, index: StatusIndex
 ) -> None:
     """Re-recording the status a job has (created, queued, deferred) counts nothing."""
-    index.record("job-1", JobStatus.CREATED)
-    index.record("job-1", JobStatus.QUEUED)
-    index.record("job-1", JobStatus.DEFERRED)
+    record(index, "job-1", JobStatus.CREATED)
+    record(index, "job-1", JobStatus.QUEUED)
+    record(index, "job-1", JobStatus.DEFERRED)
     assert transitions(conn) == {("new", "queued"): 1}
-    found = index.score_of("job-1")
+    found = indexed(conn, "job-1")
     assert found is not None and found[0] is Status.QUEUED
     assert conn.hget(keys.rq_job_key("job-1"), "status") == b"deferred"
 
@@ -194,11 +195,11 @@ def test_record_of_an_unchanged_status_is_not_a_transition(
 def test_discarded_pipeline_counts_no_transition(conn: redis.Redis, index: StatusIndex) -> None:
     """A record in a MULTI pipeline counts its transition only when the transaction commits."""
     with conn.pipeline() as pipe:
-        index.record("job-1", JobStatus.QUEUED, client=pipe)
+        index.record("job-1", JobStatus.QUEUED, pipe)
         pipe.reset()
     assert transitions(conn) == {}
     with conn.pipeline() as pipe:
-        index.record("job-1", JobStatus.QUEUED, client=pipe)
+        index.record("job-1", JobStatus.QUEUED, pipe)
         assert transitions(conn) == {}
         pipe.execute()
     assert transitions(conn) == {("new", "queued"): 1}

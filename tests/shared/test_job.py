@@ -9,6 +9,7 @@ from shared import keys
 from shared.index import StatusIndex
 from shared.job import tracked_job_class
 from shared.status import Status
+from tests.support import indexed
 
 
 def test_set_status_on_an_empty_pipeline_waits_for_its_exec(
@@ -19,10 +20,10 @@ def test_set_status_on_an_empty_pipeline_waits_for_its_exec(
     with conn.pipeline() as pipe:
         assert len(pipe) == 0
         job.set_status(JobStatus.FAILED, pipeline=pipe)
-        assert index.score_of("job-1") is None
+        assert indexed(conn, "job-1") is None
         assert conn.hget(keys.rq_job_key("job-1"), "status") is None
         pipe.execute()
-    found = index.score_of("job-1")
+    found = indexed(conn, "job-1")
     assert found is not None and found[0] is Status.FAILED
     assert conn.hget(keys.rq_job_key("job-1"), "status") == b"failed"
 
@@ -33,6 +34,6 @@ def test_set_status_without_a_pipeline_writes_at_once(
     """set_status with no pipeline records the status immediately, in RQ and the index."""
     job = tracked_job_class(index)(id="job-2", connection=conn)
     job.set_status(JobStatus.CANCELED)
-    found = index.score_of("job-2")
+    found = indexed(conn, "job-2")
     assert found is not None and found[0] is Status.CANCELED
     assert conn.hget(keys.rq_job_key("job-2"), "status") == b"canceled"

@@ -12,9 +12,9 @@ from rq.job import Job
 from shared.index import StatusIndex
 from shared.job import tracked_job_class
 from shared.settings import Settings
-from tests.support import Process, RedisServer, service_env, start_worker
+from tests.support import Process, RedisServer, indexed, service_env, start_worker
 from tests.worker.helpers import Observed, kill_children
-from worker.main import IndexedWorker, build_worker
+from worker.main import TrackingMixin, build_worker
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def observe(conn: redis.Redis, index: StatusIndex) -> Callable[[str], Observed]:
     """Return a function giving a job's (indexed status, RQ's own status) right now."""
 
     def look(job_id: str) -> Observed:
-        found = index.score_of(job_id)
+        found = indexed(conn, job_id)
         rq_status = Job.fetch(job_id, connection=conn).get_status()
         return (found[0] if found else None), rq_status
 
@@ -42,7 +42,7 @@ def observe(conn: redis.Redis, index: StatusIndex) -> Callable[[str], Observed]:
 
 
 @pytest.fixture
-def make_worker(conn: redis.Redis, settings: Settings) -> Callable[[], IndexedWorker]:
+def make_worker(conn: redis.Redis, settings: Settings) -> Callable[[], TrackingMixin]:
     """Return a factory of in-process workers with the test settings, not yet working."""
     return lambda: build_worker(settings, conn)
 

@@ -8,11 +8,11 @@ import redis
 
 from shared import keys
 from shared.status import Status
-from worker.main import IndexedWorker
+from worker.main import TrackingMixin
 
 
 def test_worker_maintenance_trims_expired_index_entries(
-    conn: redis.Redis, run_worker: Callable[..., IndexedWorker]
+    conn: redis.Redis, run_worker: Callable[..., TrackingMixin]
 ) -> None:
     """A worker's maintenance removes index entries older than the retention from every set."""
     seconds, _ = conn.time()

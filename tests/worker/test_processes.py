@@ -16,11 +16,11 @@ from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
-from shared.job import TASK_RUNNER
 from shared.status import Status
+from shared.tasks import RUNNER
 from tests.support import AUTH, ROOT, Process, RedisServer, service_env
 from tests.worker.helpers import Observed, children, wait_for
-from worker.main import IndexedWorker
+from worker.main import TrackingMixin
 
 
 def job_status(client: FlaskClient, job_id: str) -> dict[str, object]:
@@ -75,7 +75,7 @@ def test_killed_work_horse_fails_the_job(
     worker_process: Callable[..., Process],
 ) -> None:
     """A job whose forked work-horse is SIGKILLed ends failed in the index and in RQ."""
-    job = queue.enqueue(TASK_RUNNER, "sleep", {"seconds": 60})
+    job = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="fork")
     wait_for(proc, lambda: observe(job.id) == (Status.RUNNING, JobStatus.STARTED))
     horses = wait_for(proc, lambda: children(proc.popen.pid))
@@ -95,7 +95,7 @@ def test_stopped_job_is_canceled(
     worker_process: Callable[..., Process],
 ) -> None:
     """A running job stopped with RQ's stop-job command is canceled in the index, stopped in RQ."""
-    job = queue.enqueue(TASK_RUNNER, "sleep", {"seconds": 60})
+    job = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="fork")
     wait_for(proc, lambda: observe(job.id) == (Status.RUNNING, JobStatus.STARTED))
     # The worker subscribes to its command channel after it starts; a command sent before
@@ -116,15 +116,15 @@ def test_job_of_killed_worker_fails_on_cleanup_and_others_run(
     conn: redis.Redis,
     observe: Callable[[str], Observed],
     worker_process: Callable[..., Process],
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
 ) -> None:
     """A job whose worker was SIGKILLed fails at the next maintenance; other jobs are unaffected."""
-    before = queue.enqueue(TASK_RUNNER, "echo", {"n": 1})
+    before = queue.enqueue(RUNNER, "echo", {"n": 1})
     run_worker()
-    victim = queue.enqueue(TASK_RUNNER, "sleep", {"seconds": 60})
+    victim = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="simple")
     wait_for(proc, lambda: observe(victim.id) == (Status.RUNNING, JobStatus.STARTED))
-    after = queue.enqueue(TASK_RUNNER, "echo", {"n": 2})
+    after = queue.enqueue(RUNNER, "echo", {"n": 2})
 
     # The whole worker dies at once, as in a crash: its process group and any child it has.
     strays = children(proc.popen.pid)
@@ -156,7 +156,7 @@ def test_simple_worker_runs_jobs_in_its_own_process(
     worker_process: Callable[..., Process],
 ) -> None:
     """WORKER_CLASS=simple runs a job inside the worker process, forking no work-horse."""
-    job = queue.enqueue(TASK_RUNNER, "sleep", {"seconds": 60})
+    job = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="simple")
     wait_for(proc, lambda: observe(job.id) == (Status.RUNNING, JobStatus.STARTED))
     assert children(proc.popen.pid) == []

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError
 
-from worker import tasks
+from shared.tasks import builtin as tasks
 
 
 class _JobWithoutRedis:

@@ -16,11 +16,11 @@ from rq.registry import FailedJobRegistry
 
 from shared import keys
 from shared.index import StatusIndex, parse_transitions
-from shared.job import TASK_RUNNER
 from shared.status import Status
-from tests.support import AUTH
+from shared.tasks import RUNNER
+from tests.support import AUTH, indexed
 from tests.worker.helpers import Observed
-from worker.main import IndexedWorker
+from worker.main import TrackingMixin
 
 
 def submit(client: FlaskClient, task: str, payload: dict[str, object]) -> str:
@@ -49,7 +49,7 @@ def test_submission_is_recorded_queued(
     before = int(seconds) * 1_000_000 + int(micros)
     job_id = submit(client, "echo", {"a": 1})
     assert observe(job_id) == (Status.QUEUED, JobStatus.QUEUED)
-    found = index.score_of(job_id)
+    found = indexed(conn, job_id)
     assert found is not None
     assert found[1] >= before
 
@@ -58,15 +58,15 @@ def test_finished_job_is_done(
     client: FlaskClient,
     conn: redis.Redis,
     index: StatusIndex,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job whose task returns is done in the index and finished in RQ, with a later score."""
     job_id = submit(client, "echo", {"a": 1})
-    queued = index.score_of(job_id)
+    queued = indexed(conn, job_id)
     run_worker()
     assert observe(job_id) == (Status.DONE, JobStatus.FINISHED)
-    done = index.score_of(job_id)
+    done = indexed(conn, job_id)
     assert queued is not None and done is not None
     assert done[1] > queued[1]
     assert Job.fetch(job_id, connection=conn).return_value() == {"a": 1}
@@ -75,7 +75,7 @@ def test_finished_job_is_done(
 def test_raising_task_is_failed(
     client: FlaskClient,
     conn: redis.Redis,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job whose task raises is failed in the index and in RQ, with the error kept."""
@@ -88,7 +88,7 @@ def test_raising_task_is_failed(
 def test_timed_out_job_is_failed(
     make_app: Callable[..., Flask],
     conn: redis.Redis,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job that runs past JOB_TIMEOUT is stopped and failed in the index and in RQ."""
@@ -103,7 +103,7 @@ def test_canceled_queued_job_is_canceled_and_never_runs(
     client: FlaskClient,
     conn: redis.Redis,
     job_class: type[Job],
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """Canceling a queued job (with the service's job class) records canceled; it never runs."""
@@ -116,43 +116,44 @@ def test_canceled_queued_job_is_canceled_and_never_runs(
 
 
 def test_deferred_dependent_is_queued_until_it_runs(
+    conn: redis.Redis,
     queue: Queue,
     index: StatusIndex,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job deferred behind another is queued in the index, then re-recorded and done."""
-    parent = queue.enqueue(TASK_RUNNER, "echo", {"step": 1})
-    child = queue.enqueue(TASK_RUNNER, "echo", {"step": 2}, depends_on=parent)
+    parent = queue.enqueue(RUNNER, "echo", {"step": 1})
+    child = queue.enqueue(RUNNER, "echo", {"step": 2}, depends_on=parent)
     assert observe(child.id) == (Status.QUEUED, JobStatus.DEFERRED)
-    deferred = index.score_of(child.id)
+    deferred = indexed(conn, child.id)
     run_worker()
     assert observe(parent.id) == (Status.DONE, JobStatus.FINISHED)
     assert observe(child.id) == (Status.DONE, JobStatus.FINISHED)
-    done = index.score_of(child.id)
+    done = indexed(conn, child.id)
     assert deferred is not None and done is not None
     assert done[1] > deferred[1]
 
 
 def test_scheduled_job_is_queued(queue: Queue, observe: Callable[[str], Observed]) -> None:
     """A job scheduled for later is queued in the index while RQ holds it as scheduled."""
-    job = queue.enqueue_in(timedelta(minutes=5), TASK_RUNNER, "echo", {})
+    job = queue.enqueue_in(timedelta(minutes=5), RUNNER, "echo", {})
     assert observe(job.id) == (Status.QUEUED, JobStatus.SCHEDULED)
 
 
 def test_retried_job_is_queued_again_then_failed(
     queue: Queue,
     conn: redis.Redis,
-    make_worker: Callable[[], IndexedWorker],
+    make_worker: Callable[[], TrackingMixin],
     index: StatusIndex,
     observe: Callable[[str], Observed],
 ) -> None:
     """A failing job with a retry left goes back to queued (re-scored), then ends failed."""
-    job = queue.enqueue(TASK_RUNNER, "fail", {"message": "again"}, retry=Retry(max=1))
-    first = index.score_of(job.id)
+    job = queue.enqueue(RUNNER, "fail", {"message": "again"}, retry=Retry(max=1))
+    first = indexed(conn, job.id)
     make_worker().work(burst=True, max_jobs=1)
     assert observe(job.id) == (Status.QUEUED, JobStatus.QUEUED)
-    requeued = index.score_of(job.id)
+    requeued = indexed(conn, job.id)
     assert first is not None and requeued is not None
     assert requeued[1] > first[1]
     make_worker().work(burst=True)
@@ -164,7 +165,7 @@ def test_requeued_failed_job_is_queued(
     conn: redis.Redis,
     queue: Queue,
     job_class: type[Job],
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """Requeuing a failed job from RQ's failed registry records it queued again."""
@@ -206,15 +207,15 @@ def test_each_transition_is_counted_once(
     queue: Queue,
     conn: redis.Redis,
     job_class: type[Job],
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     worker_class: str,
 ) -> None:
     """Through real RQ runs, the transitions hash counts every status change exactly once."""
-    parent = queue.enqueue(TASK_RUNNER, "echo", {})
+    parent = queue.enqueue(RUNNER, "echo", {})
     # Deferred, then queued when its parent is done: one status (queued) for the API.
-    queue.enqueue(TASK_RUNNER, "echo", {}, depends_on=parent)
-    queue.enqueue(TASK_RUNNER, "fail", {"message": "again"}, retry=Retry(max=1))
-    canceled = queue.enqueue(TASK_RUNNER, "echo", {})
+    queue.enqueue(RUNNER, "echo", {}, depends_on=parent)
+    queue.enqueue(RUNNER, "fail", {"message": "again"}, retry=Retry(max=1))
+    canceled = queue.enqueue(RUNNER, "echo", {})
     job_class.fetch(canceled.id, connection=conn).cancel()
     run_worker(worker_class=worker_class)
     assert parse_transitions(conn.hgetall(keys.transitions_key())) == {

@@ -1,4 +1,4 @@
-"""Only registered tasks run: the registry, TASK_MODULES, and the job class's function guard."""
+"""Only tasks in the catalog run: the catalog, TASK_MODULES, and the job class's function guard."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from flask import Flask
 from rq import Queue
 from rq.job import Callback, Job, JobStatus
 
-from shared.job import TASK_RUNNER
+from shared import tasks
 from shared.status import Status
+from shared.tasks import RUNNER
 from tests.support import AUTH
 from tests.worker.helpers import Observed
-from worker import registry
-from worker.main import IndexedWorker
+from worker.main import TrackingMixin
 
 SAMPLE = "tests.sample_tasks"
 # Created by `forbidden` if a worker ever calls it. A file, not a list: the worker may run the
@@ -48,30 +48,31 @@ def error_of(conn: redis.Redis, job_id: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "name", ["os.system", "__import__", "worker.tasks.echo", "run_task", "worker.registry.run_task"]
+    "name",
+    ["os.system", "__import__", "shared.tasks.builtin.echo", "run_task", "shared.tasks.run_task"],
 )
 def test_get_refuses_names_that_are_not_registered_tasks(name: str) -> None:
-    """The registry finds only registered task names, never import paths or builtins."""
-    registry.load()
-    with pytest.raises(registry.UnknownTaskError, match="unknown task"):
-        registry.get(name)
+    """The catalog finds only its task names, never import paths or builtins."""
+    tasks.load()
+    with pytest.raises(tasks.UnknownTaskError, match="unknown task"):
+        tasks.get(name)
 
 
 def test_builtin_tasks_are_registered() -> None:
-    """Loading the registry registers the built-in echo, sleep and fail tasks."""
-    registry.load()
-    assert {"echo", "sleep", "fail"} <= set(registry.names())
+    """Loading the catalog adds the built-in echo, sleep and fail tasks."""
+    tasks.load()
+    assert {"echo", "sleep", "fail"} <= set(tasks._tasks)
 
 
 def test_unregistered_task_name_fails_the_job(
     called: Path,
     queue: Queue,
     conn: redis.Redis,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job naming an unregistered task (even an import path) fails without running it."""
-    job = queue.enqueue(TASK_RUNNER, f"{__name__}.forbidden", {})
+    job = queue.enqueue(RUNNER, f"{__name__}.forbidden", {})
     run_worker()
     assert observe(job.id) == (Status.FAILED, JobStatus.FAILED)
     assert "UnknownTaskError" in error_of(conn, job.id)
@@ -84,7 +85,7 @@ def test_job_naming_another_function_fails_without_calling_it(
     func_name: str,
     queue: Queue,
     conn: redis.Redis,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     observe: Callable[[str], Observed],
 ) -> None:
     """A job in the queue naming any function but the task runner fails; the function never runs."""
@@ -102,11 +103,11 @@ def test_job_callbacks_naming_other_functions_never_run(
     called: Path,
     hook: str,
     queue: Queue,
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
 ) -> None:
     """A job's success or failure callback naming an arbitrary function is never called."""
     task, payload = ("echo", {}) if hook == "on_success" else ("fail", {"message": "x"})
-    queue.enqueue(TASK_RUNNER, task, payload, **{hook: Callback(f"{__name__}.forbidden")})
+    queue.enqueue(RUNNER, task, payload, **{hook: Callback(f"{__name__}.forbidden")})
     run_worker()
     assert not called.exists()
 
@@ -115,39 +116,39 @@ def test_duplicate_registration_by_another_function_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Registering a taken name with a different function raises ValueError; the first stays."""
-    registry.load()
-    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
-    original = registry.get("echo").func
+    tasks.load()
+    monkeypatch.setattr(tasks, "_tasks", dict(tasks._tasks))
+    original = tasks.get("echo").func
 
-    def impostor(payload: registry.Payload) -> Any:
+    def impostor(payload: tasks.Payload) -> Any:
         return "impostor"
 
     with pytest.raises(ValueError, match="'echo' is already registered"):
-        registry.task("echo")(impostor)
-    assert registry.get("echo").func is original
+        tasks.task("echo")(impostor)
+    assert tasks.get("echo").func is original
 
 
 def test_reregistering_the_same_function_is_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registering the same function under its own name again keeps one registration."""
-    registry.load()
-    monkeypatch.setattr(registry, "_tasks", dict(registry._tasks))
-    echo = registry.get("echo").func
-    registry.task("echo")(echo)
-    assert registry.get("echo").func is echo
-    assert registry.names().count("echo") == 1
+    tasks.load()
+    monkeypatch.setattr(tasks, "_tasks", dict(tasks._tasks))
+    echo = tasks.get("echo").func
+    tasks.task("echo")(echo)
+    assert tasks.get("echo").func is echo
+    assert list(tasks._tasks).count("echo") == 1
 
 
 def test_task_modules_register_user_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading TASK_MODULES imports the module, whose decorated tasks become registered."""
-    monkeypatch.setattr(registry, "_tasks", {})
+    monkeypatch.setattr(tasks, "_tasks", {})
     already = sys.modules.pop(SAMPLE, None)
     try:
-        registry.load()
-        assert "reverse" not in registry.names()
-        registry.load((SAMPLE,))
-        assert "reverse" in registry.names()
+        tasks.load()
+        assert "reverse" not in tasks._tasks
+        tasks.load((SAMPLE,))
+        assert "reverse" in tasks._tasks
     finally:
-        # Leave the module as found, so later loads register into the restored registry.
+        # Leave the module as found, so later loads register into the restored tasks.
         sys.modules.pop(SAMPLE, None)
         if already is not None:
             sys.modules[SAMPLE] = already
@@ -155,7 +156,7 @@ def test_task_modules_register_user_tasks(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_user_task_is_accepted_by_the_api_and_run_by_the_worker(
     make_app: Callable[..., Flask],
-    run_worker: Callable[..., IndexedWorker],
+    run_worker: Callable[..., TrackingMixin],
     conn: redis.Redis,
     observe: Callable[[str], Observed],
 ) -> None:
@@ -176,4 +177,4 @@ def test_user_task_is_accepted_by_the_api_and_run_by_the_worker(
 def test_loading_an_absent_task_module_fails_loudly() -> None:
     """A TASK_MODULES entry that cannot be imported raises at start, naming the module."""
     with pytest.raises(ModuleNotFoundError, match="no_such_tasks_module"):
-        registry.load(("no_such_tasks_module",))
+        tasks.load(("no_such_tasks_module",))

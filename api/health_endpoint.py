@@ -7,8 +7,8 @@ import logging
 from flask import Blueprint, Response
 from redis.exceptions import RedisError
 
-from api.envelope import reply
-from api.services import services
+from api.context import services
+from api.responses import reply
 
 logger = logging.getLogger(__name__)
 

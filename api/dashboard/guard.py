@@ -11,9 +11,9 @@ from flask import Flask, Response, jsonify, request
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.registry import FailedJobRegistry
 
-from api.envelope import reply
 from api.errors import ApiError
-from api.services import Services
+from api.responses import reply
+from shared.wiring import Services
 
 REALM = 'Basic realm="toolkit-jobs dashboard", charset="UTF-8"'
 BLUEPRINT = "rq_dashboard"

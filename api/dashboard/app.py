@@ -1,4 +1,4 @@
-"""rq-dashboard behind HTTP Basic: at /dashboard in the API, or alone (python -m api.dashboard)."""
+"""rq-dashboard as a Flask app of its own on the service's connection, mounted at /dashboard."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from flask import Blueprint, Flask, Response
 from redis import Redis
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from api import dashboard_guard
 from api.access import finish_request, start_request
+from api.context import EXTENSION
+from api.dashboard import guard
 from api.encoding import FastJSONProvider
-from api.errors import ApiError, register_error_handlers
-from api.services import EXTENSION, Services, build_services
-from shared.logs import configure_logging
-from shared.settings import Settings, from_env_or_exit
+from api.errors import ApiError
+from api.handlers import register_error_handlers
+from shared.wiring import Services
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def create_dashboard_app(services: Services) -> Flask:
     dashboard.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dashboard.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     dashboard.json = FastJSONProvider(dashboard)
-    # dashboard_guard refuses deleting with a 403 first; this is rq-dashboard's own switch.
+    # The guard refuses deleting with a 403 first; this is rq-dashboard's own switch.
     dashboard.config["RQ_DASHBOARD_DISABLE_DELETE"] = True
     # Shown in the page's instance picker: never the password or the query string.
     dashboard.config["RQ_DASHBOARD_REDIS_URL"] = [display_url(settings.redis_url)]
@@ -60,7 +60,7 @@ def create_dashboard_app(services: Services) -> Flask:
     dashboard.register_blueprint(rq_dashboard.blueprint)
     # After the blueprint, so its requeue views can be replaced; app-wide hooks still run
     # before the blueprint's own.
-    dashboard_guard.install(dashboard, services, settings.dashboard_user, password)
+    guard.install(dashboard, services, settings.dashboard_user, password)
     _use_connection(dashboard, services.redis)
     dashboard.after_request(finish_request)
     register_error_handlers(dashboard)
@@ -86,38 +86,3 @@ def _use_connection(dashboard: Flask, connection: Redis) -> None:
     ]
     if len(dashboard.before_request_funcs[rq_dashboard.blueprint.name]) != len(hooks) - 1:
         raise RuntimeError("rq-dashboard's push_rq_connection hook not found: version changed?")
-
-
-def main() -> None:
-    """Serve the dashboard alone with gunicorn on DASHBOARD_PORT (the compose service)."""
-    # Imported here: the API itself never needs gunicorn's application machinery.
-    from gunicorn.app.base import BaseApplication
-
-    settings = from_env_or_exit("dashboard", require=Settings.require_dashboard_password)
-    configure_logging(settings.log_level, settings.log_format)
-    # Served at /dashboard, the same address as inside the API; / redirects there.
-    root = DispatcherMiddleware(
-        Response(status=302, headers={"Location": f"{PREFIX}/"}),
-        {PREFIX: create_dashboard_app(build_services(settings))},
-    )
-
-    class Standalone(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            for key, value in {
-                "bind": f"0.0.0.0:{settings.dashboard_port}",
-                "workers": 1,
-                "worker_class": "gthread",
-                "threads": 4,
-                "timeout": 30,
-                "control_socket_disable": True,
-            }.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> DispatcherMiddleware:
-            return root
-
-    Standalone().run()
-
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from worker.registry import InvalidPayloadError, Payload, task
+from shared.tasks import InvalidPayloadError, Payload, task
 
 logger = logging.getLogger(__name__)
 

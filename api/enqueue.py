@@ -1,4 +1,4 @@
-"""Enqueue a job only while the queue is below its limit, as one atomic step."""
+"""Bounded enqueue: a job joins the queue only while it is below its limit, in one atomic step."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class QueueFullError(Exception):
         self.length = length
 
 
-def enqueue(queue: Queue, job: Job, max_length: int) -> int:
+def enqueue_bounded(queue: Queue, job: Job, max_length: int) -> int:
     """Enqueue `job` unless `queue` holds `max_length` waiting jobs (0: no limit).
 
     Return the queue length right after the enqueue. The length check and RQ's own enqueue run

@@ -1,0 +1,106 @@
+"""Metrics read from Redis at scrape time: queue depths, index sizes, transitions, oldest wait."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+
+from api.request_metrics import PREFIX
+from shared import keys
+from shared.index import STATUSES, parse_transitions
+from shared.redis import MICROS, time_micros
+from shared.status import Status
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RedisSnapshot:
+    """What the metrics read from Redis in one transaction."""
+
+    queue_depths: dict[str, int]
+    status_counts: dict[Status, int]
+    transitions: dict[tuple[str, str], int]
+    oldest_queued_age_seconds: float
+
+
+def read_snapshot(connection: Redis, queue_name: str) -> RedisSnapshot:
+    """Read queue depths, index sizes, transition counts and the oldest waiting job's age."""
+    names = {queue.name for queue in Queue.all(connection=connection)} | {queue_name}
+    queue_names = sorted(names)
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.time()
+        for status in STATUSES:
+            pipe.zcard(keys.status_index_key(status))
+        pipe.zrange(keys.status_index_key(Status.QUEUED), 0, 0, withscores=True)
+        pipe.hgetall(keys.transitions_key())
+        for name in queue_names:
+            pipe.llen(keys.rq_queue_key(name))
+        replies = pipe.execute()
+    now = time_micros(replies[0])
+    counts = replies[1 : 1 + len(STATUSES)]
+    oldest, transitions = replies[1 + len(STATUSES) : 3 + len(STATUSES)]
+    depths = replies[3 + len(STATUSES) :]
+    age = max(0.0, (now - oldest[0][1]) / MICROS) if oldest else 0.0
+    return RedisSnapshot(
+        queue_depths={name: int(depth) for name, depth in zip(queue_names, depths, strict=True)},
+        status_counts={status: int(n) for status, n in zip(STATUSES, counts, strict=True)},
+        transitions=parse_transitions(transitions),
+        oldest_queued_age_seconds=age,
+    )
+
+
+def families(snapshot: RedisSnapshot | None) -> list[Metric]:
+    """Return the metric families of a Redis snapshot; None means Redis did not answer."""
+    up = GaugeMetricFamily(f"{PREFIX}redis_up", "1 when Redis answered this scrape, else 0.")
+    up.add_metric([], 0 if snapshot is None else 1)
+    if snapshot is None:
+        return [up]
+    depth = GaugeMetricFamily(
+        f"{PREFIX}queue_depth", "Jobs waiting in each RQ queue (LLEN).", labels=["queue"]
+    )
+    for name, count in snapshot.queue_depths.items():
+        depth.add_metric([name], count)
+    jobs = GaugeMetricFamily(
+        f"{PREFIX}indexed_jobs",
+        "Jobs in the status index per latest status (within JOB_RETENTION_SECONDS).",
+        labels=["status"],
+    )
+    for status, count in snapshot.status_counts.items():
+        jobs.add_metric([status.value], count)
+    transitions = CounterMetricFamily(
+        f"{PREFIX}transitions",
+        'Job status changes recorded by the workers and the API; from is "new" for a new job.',
+        labels=["from", "to"],
+    )
+    for (source, target), count in sorted(snapshot.transitions.items()):
+        transitions.add_metric([source, target], count)
+    oldest = GaugeMetricFamily(
+        f"{PREFIX}oldest_queued_age_seconds",
+        "Seconds since the longest-waiting queued job was queued (Redis time); 0 when none.",
+    )
+    oldest.add_metric([], snapshot.oldest_queued_age_seconds)
+    return [up, depth, jobs, transitions, oldest]
+
+
+class RedisCollector:
+    """Collect the Redis-derived metrics at scrape time; Redis down gives redis_up 0 only."""
+
+    def __init__(self, connection: Redis, queue_name: str) -> None:
+        self.connection = connection
+        self.queue_name = queue_name
+
+    def collect(self) -> Iterable[Metric]:
+        """Return the Redis-derived metric families, read now."""
+        try:
+            snapshot: RedisSnapshot | None = read_snapshot(self.connection, self.queue_name)
+        except RedisError as exc:
+            logger.warning("metrics: Redis unavailable: %s", exc)
+            snapshot = None
+        return families(snapshot)

@@ -1,0 +1,46 @@
+"""Per-process request metrics: latency by route and refused submissions (multiprocess-safe)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+from werkzeug.routing import Rule
+
+PREFIX = "toolkit_jobs_"
+# Most answers take a few ms; the upper buckets catch calls waiting on a slow Redis (its
+# timeout is 2 s by default).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Labels come from a fixed set, never from what a client sends: paths and methods are free text.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED = "unmatched"
+
+# Process-local: in multiprocess mode (gunicorn) each worker writes its own file and a scrape
+# sums them all, those of dead workers included.
+REQUEST_DURATION = Histogram(
+    f"{PREFIX}request_duration_seconds",
+    "Time to answer an HTTP request, by method, matched route rule and status code.",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+REFUSED_SUBMISSIONS = Counter(
+    f"{PREFIX}submissions_refused",
+    "Submissions refused with 429 because the queue was at MAX_QUEUE_LENGTH.",
+)
+
+
+def method_label(method: str) -> str:
+    """Return the method as a label value, folding unknown methods into "other"."""
+    return method if method in METHODS else OTHER_METHOD
+
+
+def route_label(rule: Rule | None, mount: str = "") -> str:
+    """Return the matched route rule (under its app's mount point), or "unmatched"."""
+    return mount + rule.rule if rule is not None else UNMATCHED
+
+
+def observe_request(
+    method: str, rule: Rule | None, status: int, seconds: float, mount: str = ""
+) -> None:
+    """Count one answered request in the latency histogram."""
+    route = route_label(rule, mount)
+    REQUEST_DURATION.labels(method_label(method), route, str(status)).observe(seconds)

@@ -1,0 +1,56 @@
+"""The layout holds: api/ never imports worker/, no import cycles, a light health probe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grimp
+import pytest
+
+from tests.support import ROOT
+
+PACKAGES = ("api", "shared", "worker")
+# The Docker health check runs `python -m api.healthcheck` every 30 s: it needs the settings
+# and http.client, never Flask, RQ or the dashboard.
+MAX_PROBE_MODULES = 150
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    """Return the import graph of the project's own packages, function-level imports included."""
+    return grimp.build_graph(*PACKAGES, cache_dir=None)
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"), [("api", "worker"), ("shared", "api"), ("shared", "worker")]
+)
+def test_no_side_imports_the_other(graph: grimp.ImportGraph, importer: str, imported: str) -> None:
+    """api/ never reaches worker/, and shared/ reaches neither, directly or through others."""
+    chain = graph.find_shortest_chain(importer=importer, imported=imported, as_packages=True)
+    assert chain is None, f"{importer} imports {imported}: {' -> '.join(chain or ())}"
+
+
+def test_no_import_cycles(graph: grimp.ImportGraph) -> None:
+    """No module of the project imports itself back through other modules."""
+    cycles = []
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            back = graph.find_shortest_chain(importer=imported, imported=module)
+            if back is not None:
+                cycles.append(" -> ".join((module, *back)))
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_api_health_probe_imports_few_modules() -> None:
+    """Importing api.healthcheck loads fewer than 150 modules, Flask and RQ not among them."""
+    probe = (
+        "import sys, api.healthcheck; "
+        "print(len(sys.modules)); print(' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    count, loaded = int(out[0]), set(out[1].split())
+    assert count < MAX_PROBE_MODULES, f"{count} modules: {sorted(loaded)}"
+    assert not loaded & {"flask", "rq", "redis", "rq_dashboard", "prometheus_client"}
