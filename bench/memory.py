@@ -12,8 +12,9 @@ from rq.job import JobStatus
 
 from bench.harness import Section, fill_index, private_redis, table
 from shared import keys
-from shared.index import StatusIndex
+from shared.settings import Settings
 from shared.status import Status
+from shared.wiring import build_services
 
 FULL_JOBS = 100_000
 SMOKE_JOBS = 1_000
@@ -40,7 +41,7 @@ def run(scratch: Path, smoke: bool) -> Section:
         settled_usage = _usage(conn) / jobs
 
         conn.flushall()
-        index = StatusIndex(conn, 7 * 86400)
+        index = build_services(Settings(), conn).index
         with conn.pipeline(transaction=False) as pipe:
             for i in range(jobs):
                 index.record(str(uuid.uuid4()), JobStatus.FINISHED, pipe)

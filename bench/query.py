@@ -24,6 +24,8 @@ from bench.harness import (
 )
 from shared import keys
 from shared.index import StatusIndex
+from shared.settings import Settings
+from shared.wiring import build_services
 
 FULL_SIZES = [1_000, 10_000, 100_000, 1_000_000]
 FULL_WINDOWS = [100, 10_000, 100_000]
@@ -40,7 +42,7 @@ def run(scratch: Path, smoke: bool) -> Section:
     rows: list[dict[str, Any]] = []
     with private_redis(scratch / "redis-query") as server, api_process(server.url) as port:
         conn = server.client()
-        index = StatusIndex(conn, 7 * 86400)
+        index = build_services(Settings(), conn).index
         api = ApiClient(port)
         for size in sizes:
             for window in [w for w in windows if w <= size]:

@@ -1,0 +1,74 @@
+"""The request body is read and parsed at most once per request, its failure included."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+import api.body
+from tests.support import AUTH
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Return the raw bodies api.body has parsed, one entry per parse."""
+    seen: list[bytes] = []
+    real = api.body.parse_body
+
+    def counting(raw: bytes) -> dict[str, Any]:
+        seen.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(api.body, "parse_body", counting)
+    return seen
+
+
+def test_malformed_body_is_parsed_once(client: FlaskClient, parses: list[bytes]) -> None:
+    """A body that is not JSON is parsed once: the 400's client id does not parse it again."""
+    resp = client.post("/v1/toolkit/jobs", data=b'{"id": 7, "task": ', headers=AUTH)
+    assert resp.status_code == 400
+    assert "not valid JSON" in resp.get_json()["message"]
+    assert resp.get_json()["id"] is None
+    assert parses == [b'{"id": 7, "task": ']
+
+
+def test_refused_job_request_parses_once_and_echoes_the_id(
+    client: FlaskClient, parses: list[bytes]
+) -> None:
+    """A well-formed body refused later (unknown task) is parsed once, and its id is echoed."""
+    resp = client.post("/v1/toolkit/jobs", json={"id": "mine", "task": "nope"}, headers=AUTH)
+    assert resp.status_code == 400
+    assert resp.get_json()["id"] == "mine"
+    assert len(parses) == 1
+
+
+def test_unauthorized_answer_parses_once(client: FlaskClient, parses: list[bytes]) -> None:
+    """A 401 echoes the body's id, parsing the body once."""
+    resp = client.post("/v1/toolkit/jobs/status", json={"id": 42})
+    assert resp.status_code == 401
+    assert resp.get_json()["id"] == 42
+    assert len(parses) == 1
+
+
+def test_oversized_chunked_body_is_read_once(
+    client: FlaskClient, parses: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked body past the limit is a 413, and is not read a second time for the id."""
+    reads: list[int] = []
+    real = api.body._read_limited
+
+    def counting() -> bytes:
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(api.body, "_read_limited", counting)
+    limit = client.application.config["MAX_CONTENT_LENGTH"]
+    # A stream with no Content-Length, as a chunked upload reaches the app.
+    body = io.BytesIO(b'{"id": 1, "x": "' + b"a" * limit + b'"}')
+    resp = client.post("/v1/toolkit/jobs", input_stream=body, headers=AUTH)
+    assert resp.status_code == 413
+    assert reads == [1]
+    assert parses == []
