@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := bench/.venv
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: run test lint check-deploy bench bench-smoke screenshot clean
+.PHONY: run test lint mutation check-deploy bench bench-smoke screenshot clean
 
 # The runtime dependencies at the image's exact pins (constraints.txt); dev tools float.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,6 +24,15 @@ test: $(STAMP)  ## Run the whole test suite against real redis-server processes
 	bash scripts/ensure-command.sh faketime faketime
 	bash scripts/ensure-command.sh chromium chromium
 	$(BIN)/pytest
+
+# Not part of `test`: minutes, not seconds. Settings in pyproject.toml's [tool.mutmut].
+# mutants/ is mutmut's work directory, started afresh: its cache can keep stale verdicts
+# after the tests change.
+mutation: $(STAMP)  ## Mutation-test the core modules against the fast tests (mutmut)
+	bash scripts/ensure-command.sh redis-server redis-server
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
 
 screenshot: $(STAMP)  ## Retake docs/dashboard.png (the headless-Chromium dashboard test, kept)
 	bash scripts/ensure-command.sh redis-server redis-server

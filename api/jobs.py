@@ -134,10 +134,12 @@ def _meta(task: str, client_id: Any, webhook_url: str | None) -> dict[str, Any]:
 def _error_of(job: Job) -> str | None:
     result = job.latest_result()
     text = result.exc_string if result is not None else None
-    if not text:
+    # A traceback of only white space (written by something other than a worker) has no line.
+    lines = str(text or "").strip().splitlines()
+    if not lines:
         return None
     # The last line of a traceback names the exception and its message.
-    last = str(text).strip().splitlines()[-1]
+    last = lines[-1]
     if "AbandonedJobError" in last:
         return f"The worker running this job died (its heartbeat lapsed): {last}"
     return last

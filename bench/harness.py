@@ -20,7 +20,7 @@ import redis
 
 from shared import keys
 from shared.redis import redis_time_micros
-from tests.support import API_KEY, RedisServer, free_port, service_env, start_api
+from tests.helpers import API_KEY, RedisServer, free_port, service_env, start_api
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"

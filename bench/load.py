@@ -16,7 +16,7 @@ from bench.harness import Section, api_process, fill_index, private_redis, table
 from shared.settings import Settings
 from shared.tasks import RUNNER
 from shared.wiring import build_services
-from tests.support import running, service_env, start_worker
+from tests.helpers import running, service_env, start_worker
 
 HELD = 100_000
 POLL = json.dumps({"since_seconds": 5})

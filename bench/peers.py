@@ -52,7 +52,7 @@ from shared.redis import redis_time_micros
 from shared.settings import Settings
 from shared.tasks import RUNNER
 from shared.wiring import build_services
-from tests.support import BIN, ROOT, Process, free_port, wait_until
+from tests.helpers import BIN, ROOT, Process, free_port, wait_until
 from worker.main import build_worker
 
 HELD, WINDOW = 100_000, 100

@@ -1,7 +1,10 @@
-"""Fixtures: one real redis-server per session (unix socket, temp dir), flushed per test."""
+"""Fixtures: one real redis-server per session (unix socket, temp dir), flushed per test; every
+temporary file of the session, its processes' included, under pytest's temporary directory."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,13 +14,81 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from api import create_app
 from shared.index import StatusIndex
 from shared.redis import connect
 from shared.settings import Settings
-from tests.support import API_KEY, RedisServer
+from tests.helpers import API_KEY, Process, RedisServer
 from worker.main import TrackingMixin, build_worker
+
+# The system's temporary directory and what it held when the session started; and the entry
+# in it that holds pytest's own temporary directories (named once the session has one).
+SYSTEM_TEMP = pytest.StashKey[tuple[Path, frozenset[str]]]()
+PYTEST_TEMP = pytest.StashKey[str]()
+LITTER = pytest.StashKey[list[str]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Note what the system's temporary directory holds before any test runs."""
+    root = Path(tempfile.gettempdir()).resolve()
+    session.config.stash[SYSTEM_TEMP] = (root, frozenset(os.listdir(root)))
+    # Hypothesis writes its storage while the tests are still being collected, before any
+    # fixture runs: point it under pytest's temporary directory now.
+    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    set_hypothesis_home_dir(factory.mktemp("hypothesis"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """Send every temporary file of the session under pytest's temporary directory.
+
+    Spawned processes inherit TMPDIR (gunicorn's metrics directory, Chromium's profile, `make
+    run`'s files); Process logs are pointed there directly.
+    """
+    # Asked for first, so that pytest places its own directory by the real TMPDIR.
+    basetemp = tmp_path_factory.getbasetemp().resolve()
+    stash = request.config.stash
+    if SYSTEM_TEMP in stash:
+        root, _ = stash[SYSTEM_TEMP]
+        if basetemp.is_relative_to(root) and basetemp != root:
+            stash[PYTEST_TEMP] = basetemp.relative_to(root).parts[0]
+    scratch = tmp_path_factory.mktemp("tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(scratch))
+        # tempfile caches the directory it found first; None makes it look again.
+        patch.setattr(tempfile, "tempdir", None)
+        patch.setattr(Process, "log_dir", tmp_path_factory.mktemp("logs"))
+        yield scratch
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run if it left anything new in the system's temporary directory."""
+    stash = session.config.stash
+    if SYSTEM_TEMP not in stash:
+        return
+    root, before = stash[SYSTEM_TEMP]
+    ours = {stash[PYTEST_TEMP]} if PYTEST_TEMP in stash else set()
+    litter = sorted(set(os.listdir(root)) - before - ours)
+    stash[LITTER] = litter
+    if litter and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name what the run left in the system's temporary directory, if anything."""
+    litter = terminalreporter.config.stash.get(LITTER, [])
+    if litter:
+        root, _ = terminalreporter.config.stash[SYSTEM_TEMP]
+        terminalreporter.write_sep("=", f"left behind in {root} (the run fails)", red=True)
+        for name in litter:
+            terminalreporter.write_line(str(root / name))
+        # A listing cannot tell whose an entry is: another program may have made it meanwhile.
+        terminalreporter.write_line("(new since the session started: this run's, or another's)")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 import grimp
 import pytest
 
-from tests.support import ROOT
+from tests.helpers import ROOT
 
 PACKAGES = ("api", "shared", "worker")
 # The Docker health check runs `python -m api.healthcheck` every 30 s: it needs the settings
@@ -45,8 +45,7 @@ def test_no_import_cycles(graph: grimp.ImportGraph) -> None:
 def test_the_api_health_probe_imports_few_modules() -> None:
     """Importing api.healthcheck loads fewer than 150 modules, Flask and RQ not among them."""
     probe = (
-        "import sys, api.healthcheck; "
-        "print(len(sys.modules)); print(' '.join(sorted(sys.modules)))"
+        "import sys, api.healthcheck; print(len(sys.modules)); print(' '.join(sorted(sys.modules)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True

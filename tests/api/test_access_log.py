@@ -7,8 +7,7 @@ import logging
 import pytest
 from flask.testing import FlaskClient
 
-from tests.api.helpers import JOBS_STATUS, post
-from tests.support import API_KEY
+from tests.helpers import API_KEY, JOBS_STATUS, post
 
 
 def _request_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

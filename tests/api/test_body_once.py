@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 
 import api.body
-from tests.support import AUTH
+from tests.helpers import AUTH
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from shared import keys
 from shared.index import parse_transitions
 from shared.status import Status
 from tests.api.conftest import UNREACHABLE_REDIS
-from tests.api.helpers import JOBS, JOBS_STATUS, assert_envelope, submit
-from tests.support import AUTH
+from tests.helpers import AUTH, JOBS, JOBS_STATUS, assert_envelope, submit
 
 PASSWORD = "dashboard-secret-42"
 QUEUES = "/dashboard/0/data/queues.json"

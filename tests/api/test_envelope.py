@@ -11,7 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.envelope import envelope
-from tests.api.helpers import (
+from tests.helpers import (
+    AUTH,
     AUTHENTICATE,
     ENVELOPE_FIELDS,
     JOB_STATUS,
@@ -22,7 +23,6 @@ from tests.api.helpers import (
     queue_length,
     submit,
 )
-from tests.support import AUTH
 
 BASE: dict[str, Any] = {
     "code": 200,
@@ -110,12 +110,6 @@ def test_id_is_null_without_one(client: FlaskClient, path: str, code: int) -> No
     assert assert_envelope(post(client, path, {"since_seconds": 1}), code)["id"] is None
     resp = post(client, path, data=b'[{"id": "in-array"}]', content_type="application/json")
     assert assert_envelope(resp, 400)["id"] is None
-
-
-def test_id_is_echoed_on_401(client: FlaskClient) -> None:
-    """Even a refused caller gets its own `id` back."""
-    reply = assert_envelope(post(client, JOBS_STATUS, {"id": "who"}, headers={}), 401)
-    assert reply["id"] == "who"
 
 
 def test_get_endpoints_have_null_id(client: FlaskClient) -> None:

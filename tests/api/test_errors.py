@@ -10,8 +10,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.api.helpers import JOB_STATUS, JOBS, JOBS_STATUS, assert_envelope, post, queue_length
-from tests.support import AUTH
+from tests.helpers import AUTH, JOB_STATUS, JOBS, JOBS_STATUS, assert_envelope, post, queue_length
 
 POST_ENDPOINTS = [JOBS_STATUS, JOB_STATUS, JOBS]
 

@@ -1,38 +1,30 @@
-"""GET /metrics: Prometheus text behind the key, from Redis and from this process."""
+"""GET /metrics: Prometheus text from Redis and from this process (its key: test_auth.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.index import StatusIndex
+from shared.redis import MICROS
 from shared.status import Status
-from tests.api.helpers import AUTHENTICATE, JOBS, assert_envelope, post, redis_now_us, submit
-from tests.support import API_KEY, AUTH, indexed, wait_until
+from tests.helpers import (
+    AUTH,
+    AUTHENTICATE,
+    JOBS,
+    Samples,
+    assert_envelope,
+    indexed,
+    post,
+    redis_now_us,
+    scrape,
+    submit,
+    wait_until,
+)
 from worker.main import TrackingMixin
-
-METRICS = "/metrics"
-# (sample name, sorted label pairs) -> value
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(client: FlaskClient, headers: dict[str, str] = AUTH) -> Samples:
-    """GET /metrics, assert a 200 in Prometheus' text format, and return every sample."""
-    resp = client.get(METRICS, headers=headers)
-    text = resp.get_data(as_text=True)
-    assert resp.status_code == 200, text
-    assert resp.content_type == CONTENT_TYPE_LATEST
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -43,42 +35,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def names(samples: Samples) -> set[str]:
     """Return the sample names present."""
     return {name for name, _ in samples}
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {"x-api-key": API_KEY},
-        {"Authorization": f"Bearer {API_KEY}"},
-        {"Authorization": f"bearer  {API_KEY} "},
-        {"x-api-key": "wrong-key-0123456789", "Authorization": f"Bearer {API_KEY}"},
-    ],
-)
-def test_metrics_answer_with_the_key_in_either_header(
-    client: FlaskClient, headers: dict[str, str]
-) -> None:
-    """The key in x-api-key or as a Bearer token (any case of "Bearer") gets the metrics."""
-    assert value(scrape(client, headers), "toolkit_jobs_redis_up") == 1
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {},
-        {"x-api-key": "wrong-key-0123456789"},
-        {"Authorization": "Bearer wrong-key-0123456789"},
-        {"Authorization": f"Bearer {API_KEY}x"},
-        {"Authorization": f"Basic {API_KEY}"},
-        {"Authorization": API_KEY},
-        {"Authorization": "Bearer "},
-    ],
-)
-def test_metrics_refuse_a_missing_or_wrong_key(
-    client: FlaskClient, headers: dict[str, str]
-) -> None:
-    """Without the right key in either header /metrics is a 401 envelope, never the metrics."""
-    body = assert_envelope(client.get(METRICS, headers=headers), 401)
-    assert body["message"] == "Unauthorized"
 
 
 def test_queue_depth_and_status_counts_follow_the_jobs(
@@ -195,9 +151,9 @@ def test_oldest_waiting_age_is_measured_from_the_first_queued_job(
     assert found is not None
     queued_at = found[1]
     wait_until(lambda: redis_now_us(conn) > queued_at)
-    low = (redis_now_us(conn) - queued_at) / 1_000_000
+    low = (redis_now_us(conn) - queued_at) / MICROS
     measured = value(scrape(client), age)
-    high = (redis_now_us(conn) - queued_at) / 1_000_000
+    high = (redis_now_us(conn) - queued_at) / MICROS
     assert 0 < low <= measured <= high
     run_worker()
     assert value(scrape(client), age) == 0

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import API_KEY
+from tests.helpers import API_KEY
 
 ENDPOINTS = ["/v1/toolkit/jobs/status", "/v1/toolkit/job/status", "/v1/toolkit/jobs"]
 OTHER_PATHS = [

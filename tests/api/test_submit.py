@@ -1,4 +1,4 @@
-"""POST /v1/toolkit/jobs: enqueue a registered task, within the queue limit."""
+"""POST /v1/toolkit/jobs: enqueue a task of the catalog, within the queue limit."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from rq.job import Job, JobStatus
 from shared import keys
 from shared.index import StatusIndex
 from shared.status import Status
-from tests.api.helpers import JOBS, assert_envelope, post, queue_length, submit
-from tests.support import indexed
+from tests.helpers import JOBS, assert_envelope, indexed, post, queue_length, submit
 
 
 def test_accepts_and_enqueues(client: FlaskClient, conn: redis.Redis, index: StatusIndex) -> None:
@@ -184,9 +183,21 @@ def test_webhook_url_is_stored(client: FlaskClient, conn: redis.Redis, url: str)
     assert Job.fetch(job_id, connection=conn).meta["webhook_url"] == url
 
 
-def test_requires_the_api_key(client: FlaskClient, conn: redis.Redis) -> None:
-    """Without the key nothing is enqueued: 401."""
-    body = assert_envelope(post(client, JOBS, {"task": "echo"}, headers={}), 401)
-    assert body["message"] == "Unauthorized"
-    assert body["queue_length"] is None
-    assert queue_length(conn) == 0
+PUBLIC_HOOK = "https://93.184.216.34/n8n/abc?x=1"
+
+
+def test_meta_of_a_plain_submission(client: FlaskClient, conn: redis.Redis) -> None:
+    """A job submitted with no id and no webhook has meta {task, progress 0}, nothing more."""
+    job_id = submit(client, "echo", {"text": "hi"})
+    assert Job.fetch(job_id, connection=conn).meta == {"task": "echo", "progress": 0}
+
+
+def test_meta_keeps_the_client_id_and_the_webhook(client: FlaskClient, conn: redis.Redis) -> None:
+    """The client's id and webhook_url are kept in meta beside the task and progress 0."""
+    job_id = submit(client, "echo", id="req-7", webhook_url=PUBLIC_HOOK)
+    assert Job.fetch(job_id, connection=conn).meta == {
+        "task": "echo",
+        "progress": 0,
+        "client_id": "req-7",
+        "webhook_url": PUBLIC_HOOK,
+    }

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+import api.validation
 from api.errors import ApiError
 from api.validation import (
     DEFAULT_SINCE_SECONDS,
@@ -222,3 +223,77 @@ def test_webhook_url_accepts_http_urls(url: str) -> None:
 def test_webhook_url_refuses(url: Any) -> None:
     """Other schemes, no host, bad ports, white space, over-long and non-strings are 400s."""
     assert "webhook_url" in refused(webhook_url, url).message
+
+
+def message(func: Any, *args: Any) -> str:
+    """Call func(*args), assert it raises a 400 ApiError, and return its message."""
+    with pytest.raises(ApiError) as caught:
+        func(*args)
+    assert caught.value.code == 400
+    return caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("60", "a string"),
+        (None, "null"),
+        (True, "a boolean"),
+        ([60], "an array"),
+        ({"s": 60}, "an object"),
+    ],
+)
+def test_since_seconds_of_the_wrong_type_names_the_type(value: Any, kind: str) -> None:
+    """since_seconds that is not a number is refused with the JSON type it has."""
+    body = {"since_seconds": value}
+    assert message(since_seconds, body, RETENTION) == f"since_seconds must be a number, not {kind}"
+
+
+def test_since_seconds_not_finite_is_refused_as_such() -> None:
+    """An infinite or NaN since_seconds is refused as not finite."""
+    for value in (float("inf"), float("nan")):
+        body = {"since_seconds": value}
+        assert message(since_seconds, body, RETENTION) == "since_seconds must be a finite number"
+
+
+def test_negative_since_seconds_is_refused_with_the_rule() -> None:
+    """A negative since_seconds is refused saying it must be >= 0."""
+    body = {"since_seconds": -0.001}
+    assert message(since_seconds, body, RETENTION) == "since_seconds must be >= 0"
+
+
+def test_parse_body_quotes_the_parser_complaint() -> None:
+    """Invalid JSON is refused quoting the parser's own message, position included."""
+    assert message(parse_body, b'{"a": ') == (
+        "Request body is not valid JSON: Expecting value: line 1 column 7 (char 6)"
+    )
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_parse_body_refuses_non_json_constants_by_name(constant: str) -> None:
+    """NaN and the infinities are refused, naming the constant found."""
+    raw = f'{{"since_seconds": {constant}}}'.encode()
+    assert message(parse_body, raw) == (
+        f"Request body is not valid JSON: {constant} is not a valid JSON value"
+    )
+
+
+def test_parse_body_names_a_silent_complaint_by_its_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parser error with an empty message is quoted by its exception type instead."""
+
+    def silent(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError
+
+    monkeypatch.setattr(api.validation.json, "loads", silent)
+    assert message(parse_body, b"{}") == "Request body is not valid JSON: ValueError"
+
+
+def test_parse_body_quotes_at_most_200_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parser complaint longer than 200 characters is quoted cut at exactly 200."""
+    complaint = "".join(chr(ord("a") + i % 26) for i in range(300))
+
+    def verbose(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError(complaint)
+
+    monkeypatch.setattr(api.validation.json, "loads", verbose)
+    assert message(parse_body, b"{}") == f"Request body is not valid JSON: {complaint[:200]}"

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.support import ROOT
+from tests.helpers import ROOT
 
 ENV_LINE = re.compile(r"^([A-Z_][A-Z0-9_]*)=(.*)$")
 

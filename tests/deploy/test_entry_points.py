@@ -15,7 +15,7 @@ import pytest
 
 from tests.deploy.files import Instruction, compose, dockerfile, exec_form, healthcheck_argv
 from tests.e2e.test_procfile import procfile
-from tests.support import BIN, ROOT
+from tests.helpers import BIN, ROOT
 
 # The one service that runs a program of someone else's: the official Redis image, pinned to a
 # minor version and a base, never `latest`.

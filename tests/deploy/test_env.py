@@ -8,7 +8,7 @@ from typing import Any
 
 from shared.settings import Settings
 from tests.deploy.files import compose, env_example
-from tests.support import ROOT
+from tests.helpers import ROOT
 
 # Read by docker-compose.yml's interpolation only, never by a service.
 COMPOSE_ONLY = {"API_HOST_PORT", "DASHBOARD_HOST_PORT"}

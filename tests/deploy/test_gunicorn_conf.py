@@ -6,7 +6,7 @@ import runpy
 
 import pytest
 
-from tests.support import API_KEY, ROOT
+from tests.helpers import API_KEY, ROOT
 
 CONF = str(ROOT / "gunicorn.conf.py")
 

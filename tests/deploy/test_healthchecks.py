@@ -14,7 +14,7 @@ import redis
 
 from api.healthcheck import probe
 from shared.settings import Settings
-from tests.support import (
+from tests.helpers import (
     RedisServer,
     free_port,
     running,

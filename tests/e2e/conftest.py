@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import RedisServer, service_env
+from tests.helpers import RedisServer, service_env
 
 
 @pytest.fixture

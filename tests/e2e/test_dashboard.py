@@ -21,8 +21,18 @@ import pytest
 import redis
 from rq.command import send_stop_job_command
 
-from tests.e2e.helpers import job_status, jobs_status, submit_ok, wait_finished
-from tests.support import Process, free_port, running, start_api, start_worker, wait_until
+from tests.helpers import (
+    Process,
+    free_port,
+    job_status,
+    jobs_status,
+    running,
+    start_api,
+    start_worker,
+    submit_ok,
+    wait_finished,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -21,36 +21,33 @@ from rq import Worker
 from rq.job import Job, JobStatus
 
 from shared import keys
+from shared.redis import MICROS
 from shared.status import Status
 from shared.tasks import RUNNER
-from tests.e2e.faults_helpers import (
-    default_env,
-    index_entry,
-    index_status,
-    kill_outright,
-    redis_now,
-    running_tree,
-    start_skewed_worker,
-    worker_running,
-)
-from tests.e2e.helpers import (
-    Reply,
-    call,
-    job_status,
-    jobs_status,
-    submit,
-    submit_ok,
-    wait_finished,
-)
-from tests.support import (
+from tests.helpers import (
     Process,
     RedisServer,
+    Reply,
+    call,
+    default_env,
     free_port,
+    index_status,
+    indexed,
+    job_status,
+    jobs_status,
+    kill_outright,
+    post_job,
+    redis_now_us,
     running,
+    running_tree,
     service_env,
     start_api,
+    start_skewed_worker,
     start_worker,
+    submit_ok,
+    wait_finished,
     wait_until,
+    worker_running,
 )
 
 pytestmark = pytest.mark.e2e
@@ -178,7 +175,7 @@ class Submissions:
         while not self.stop.is_set():
             payload = {"submitter": submitter, "sequence": sequence}
             try:
-                reply = submit(self.port, "echo", payload)
+                reply = post_job(self.port, "echo", payload)
             except ConnectionRefusedError:
                 return  # nothing listens any more: this one was never sent
             except (OSError, http.client.HTTPException, ValueError):
@@ -358,7 +355,7 @@ def test_redis_unreachable_for_30s_then_recovery_without_restarts(
         probes: dict[str, tuple[Callable[[], Reply], set[int]]] = {
             "jobs/status": (lambda: jobs_status(port), {500, 503}),
             "job/status": (lambda: job_status(port, before), {500, 503}),
-            "submit": (lambda: submit(port, "echo", {"phase": "during"}), {500, 503}),
+            "submit": (lambda: post_job(port, "echo", {"phase": "during"}), {500, 503}),
             "authenticate": (lambda: call(port, "GET", "/v1/toolkit/authenticate"), {200}),
             "health": (lambda: call(port, "GET", "/health", key=None), {503}),
         }
@@ -401,7 +398,7 @@ def test_redis_unreachable_for_30s_then_recovery_without_restarts(
 # --- workers whose clocks are off ----------------------------------------------------------
 
 SKEW_SECONDS = {"+7m": 420.0, "-7m": -420.0}
-# A worker under faketime hangs in its last shutdown step (faults_helpers.worker_argv), after
+# A worker under faketime hangs in its last shutdown step (helpers.worker_argv), after
 # it has left RQ's registry: give it this long, then kill it.
 SKEWED_GRACE = 3.0
 
@@ -417,21 +414,21 @@ def test_clock_skew_a_worker_records_changes_at_redis_time(
     with running_tree(worker, grace=SKEWED_GRACE), running(start_api(env, port)):
         [registered] = wait_until(lambda: Worker.all(connection=conn), timeout=30)
         # The worker wrote its birth date with its own clock: it really is off.
-        skew = registered.birth_date.timestamp() - redis_now(conn)
+        skew = registered.birth_date.timestamp() - redis_now_us(conn) / MICROS
         assert abs(skew - SKEW_SECONDS[offset]) < 30, f"the worker's clock is off by {skew:.0f}s"
 
         job_id = submit_ok(port, "echo", {"offset": offset})
         assert wait_finished(port, job_id)["job_status"] == "done"
         assert listing(port, since_seconds=5) == {job_id: "done"}
-        entry = index_entry(conn, job_id)
+        entry = indexed(conn, job_id)
         assert entry is not None
         status, score = entry
         assert status is Status.DONE
-        scored_at = score / 1_000_000
-        off_by = scored_at - redis_now(conn)
+        scored_at = score / MICROS
+        off_by = scored_at - redis_now_us(conn) / MICROS
         assert abs(off_by) < 5, f"scored {off_by:.0f}s away from Redis time"
         # A window that opens after the change excludes it: the score is not in the future.
-        wait_until(lambda: redis_now(conn) > scored_at + 1.5, timeout=5)
+        wait_until(lambda: redis_now_us(conn) / MICROS > scored_at + 1.5, timeout=5)
         assert job_id not in listing(port, since_seconds=1)
 
 

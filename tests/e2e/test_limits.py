@@ -8,7 +8,7 @@ import json
 import pytest
 import redis
 
-from tests.support import API_KEY, free_port, running, start_api
+from tests.helpers import API_KEY, free_port, running, start_api
 
 pytestmark = pytest.mark.e2e
 

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.e2e.helpers import submit_ok, wait_finished, wait_healthy
-from tests.support import API_KEY, Process, free_port, running, wait_until
+from tests.helpers import (
+    API_KEY,
+    Process,
+    alive,
+    free_port,
+    running,
+    submit_ok,
+    wait_finished,
+    wait_healthy,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def alive(pid: int) -> bool:
-    """Return whether process `pid` still exists (and is not a zombie)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def pgrep(*args: str) -> list[int]:

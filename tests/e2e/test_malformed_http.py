@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import RedisServer, free_port, running, service_env, start_api
+from tests.helpers import RedisServer, free_port, running, service_env, start_api
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,19 @@ import redis
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.helpers import HOST, TIMEOUT, Reply, call, submit
-from tests.support import API_KEY, free_port, running, start_api, wait_until
-from tests.worker.helpers import children
+from tests.helpers import (
+    API_KEY,
+    HOST,
+    TIMEOUT,
+    Reply,
+    call,
+    child_pids,
+    free_port,
+    post_job,
+    running,
+    start_api,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +71,7 @@ def burst(port: int, send: int, request: str) -> list[Reply]:
     def one(_: int) -> Reply:
         if request == "authenticate":
             return call(port, "GET", ROUTE)
-        return submit(port, "echo", {})
+        return post_job(port, "echo", {})
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         return list(pool.map(one, range(send)))
@@ -96,7 +106,7 @@ def test_counts_are_summed_over_workers_and_survive_a_killed_worker(
     port = free_port()
     with running(api := start_api(metrics_env(env), port, workers=WORKERS)):
         answered, pids = until_several_workers(port, "authenticate", 200)
-        assert submit(port, "echo", {}).status == 202
+        assert post_job(port, "echo", {}).status == 202
         refusals, _ = until_several_workers(port, "submit", 429)
         for _ in range(2 * WORKERS):
             assert route_count(port) == answered
@@ -106,7 +116,8 @@ def test_counts_are_summed_over_workers_and_survive_a_killed_worker(
         os.kill(victim, signal.SIGKILL)
         wait_until(
             lambda: (
-                victim not in children(api.popen.pid) and len(children(api.popen.pid)) == WORKERS
+                victim not in child_pids(api.popen.pid)
+                and len(child_pids(api.popen.pid)) == WORKERS
             ),
             timeout=30,
         )

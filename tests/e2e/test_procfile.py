@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import submit_ok, wait_finished, wait_healthy
-from tests.support import BIN, ROOT, Process, free_port, running
+from tests.helpers import (
+    BIN,
+    ROOT,
+    Process,
+    free_port,
+    running,
+    submit_ok,
+    wait_finished,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,18 @@ import pytest
 import redis
 
 from shared import keys
-from tests.e2e.helpers import Reply, jobs_status, submit, submit_ok, wait_finished
-from tests.support import free_port, running, start_api, start_worker, wait_until
+from tests.helpers import (
+    Reply,
+    free_port,
+    jobs_status,
+    post_job,
+    running,
+    start_api,
+    start_worker,
+    submit_ok,
+    wait_finished,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +42,7 @@ def test_concurrent_submissions_never_exceed_the_queue_limit(
 
         def submit_at_once(i: int) -> Reply:
             barrier.wait(timeout=30)
-            return submit(port, "echo", {"n": i})
+            return post_job(port, "echo", {"n": i})
 
         with ThreadPoolExecutor(max_workers=SUBMITTERS) as pool:
             replies = list(pool.map(submit_at_once, range(SUBMITTERS)))

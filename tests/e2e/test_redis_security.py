@@ -14,14 +14,20 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from tests.e2e.helpers import HOST, Reply, call, jobs_status, submit, submit_ok, wait_finished
-from tests.support import (
+from tests.helpers import (
+    HOST,
     RedisServer,
+    assert_fast_envelope,
+    call,
     free_port,
+    jobs_status,
+    post_job,
     running,
     service_env,
     start_api,
     start_worker,
+    submit_ok,
+    wait_finished,
     wait_until,
 )
 
@@ -196,15 +202,6 @@ def tls_redis(tmp_path: Path) -> Iterator[TlsRedisServer]:
         server.stop()
 
 
-def assert_fast_envelope(reply: Reply, status: int, message_start: str) -> None:
-    """Assert `reply` is a fast JSON envelope with `status` and a message starting so."""
-    assert reply.content_type.startswith("application/json"), reply.body
-    assert reply.status == status, reply.body
-    assert reply.body["code"] == status, reply.body
-    assert reply.body["message"].startswith(message_start), reply.body["message"]
-    assert reply.elapsed < FAST, f"took {reply.elapsed:.2f}s"
-
-
 def test_api_and_worker_authenticate_with_the_password_in_redis_url(
     password_redis: PasswordRedisServer,
 ) -> None:
@@ -238,14 +235,16 @@ def test_a_wrong_password_makes_health_a_fast_503_while_the_api_answers(
     port = free_port()
     with running(api := start_api(env, port, workers=1, ready_path="/v1/toolkit/authenticate")):
         health = call(port, "GET", "/health", key=None)
-        assert_fast_envelope(health, 503, "Redis unavailable")
+        assert_fast_envelope(health, 503, "Redis unavailable", within=FAST)
         assert health.body["queue_length"] is None
         authenticated = call(port, "GET", "/v1/toolkit/authenticate")
-        assert_fast_envelope(authenticated, 200, "success")
+        assert_fast_envelope(authenticated, 200, "success", within=FAST)
         assert authenticated.body["response"] == "Authorized"
         assert authenticated.body["queue_length"] is None
-        assert_fast_envelope(jobs_status(port), 500, "Failed to retrieve job statuses:")
-        assert_fast_envelope(submit(port, "echo", {}), 500, "Redis error:")
+        assert_fast_envelope(
+            jobs_status(port), 500, "Failed to retrieve job statuses:", within=FAST
+        )
+        assert_fast_envelope(post_job(port, "echo", {}), 500, "Redis error:", within=FAST)
         for reply in (health, authenticated):
             assert WRONG_PASSWORD not in json.dumps(reply.body)
     assert WRONG_PASSWORD not in api.output(), "the API logged the Redis password"
@@ -280,6 +279,6 @@ def test_a_tls_certificate_from_an_unknown_ca_is_refused(tls_redis: TlsRedisServ
     port = free_port()
     with running(start_api(env, port, workers=1, ready_path="/v1/toolkit/authenticate")):
         health = call(port, "GET", "/health", key=None)
-        assert_fast_envelope(health, 503, "Redis unavailable")
+        assert_fast_envelope(health, 503, "Redis unavailable", within=FAST)
         assert "certificate verify failed" in health.body["message"].lower(), health.body
-        assert_fast_envelope(submit(port, "echo", {}), 500, "Redis error:")
+        assert_fast_envelope(post_job(port, "echo", {}), 500, "Redis error:", within=FAST)

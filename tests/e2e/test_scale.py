@@ -15,8 +15,15 @@ from shared import keys
 from shared.index import parse_transitions
 from shared.status import Status, from_rq
 from tests.e2e.counting_tasks import RUNS_KEY
-from tests.e2e.helpers import jobs_status, submit
-from tests.support import free_port, running, start_api, start_worker, wait_until
+from tests.helpers import (
+    free_port,
+    jobs_status,
+    post_job,
+    running,
+    start_api,
+    start_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +50,9 @@ def test_four_workers_and_two_apis_run_a_thousand_jobs_exactly_once(
     ):
         wait_until(lambda: len(Worker.all(connection=conn)) == WORKERS, timeout=30)
         with ThreadPoolExecutor(max_workers=SUBMITTERS) as pool:
-            replies = list(pool.map(lambda i: submit(ports[i % 2], "count", {"n": i}), range(JOBS)))
+            replies = list(
+                pool.map(lambda i: post_job(ports[i % 2], "count", {"n": i}), range(JOBS))
+            )
         assert [reply.status for reply in replies] == [202] * JOBS
         ids = [reply.body["job_id"] for reply in replies]
         assert len(set(ids)) == JOBS

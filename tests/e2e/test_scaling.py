@@ -13,8 +13,15 @@ from rq.registry import FinishedJobRegistry
 
 from shared import keys
 from shared.status import Status
-from tests.e2e.helpers import jobs_status, submit_ok
-from tests.support import free_port, running, start_api, start_worker, wait_until
+from tests.helpers import (
+    free_port,
+    jobs_status,
+    running,
+    start_api,
+    start_worker,
+    submit_ok,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,16 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 
 from shared import keys
 from shared.status import Status
-from tests.e2e.helpers import HOST, TIMEOUT
-from tests.support import AUTH, free_port, running, start_api, start_worker, wait_until
+from tests.helpers import (
+    AUTH,
+    HOST,
+    TIMEOUT,
+    free_port,
+    running,
+    start_api,
+    start_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.support import BIN, ROOT, RedisServer, free_port, service_env
+from tests.helpers import BIN, ROOT, RedisServer, free_port, service_env
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,19 @@ from typing import Any
 
 import pytest
 
-from tests.api.helpers import ENVELOPE_FIELDS
-from tests.e2e.helpers import call, jobs_status, submit, submit_ok, wait_finished
-from tests.support import free_port, running, start_api, start_worker, wait_until
+from tests.helpers import (
+    ENVELOPE_FIELDS,
+    call,
+    free_port,
+    jobs_status,
+    post_job,
+    running,
+    start_api,
+    start_worker,
+    submit_ok,
+    wait_finished,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +33,7 @@ def test_echo_job_ends_done_with_its_payload_and_is_listed(env: dict[str, str]) 
     worker = start_worker(env)
     with running(worker), running(start_api(env, port)):
         payload = {"hello": "world", "count": 3, "nested": {"ok": True, "items": [1, 2]}}
-        accepted = submit(port, "echo", payload, id="my-request-1")
+        accepted = post_job(port, "echo", payload, id="my-request-1")
         assert accepted.status == 202, accepted.body
         assert set(accepted.body) >= ENVELOPE
         assert accepted.body["code"] == 202

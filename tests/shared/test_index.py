@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 from rq.job import JobStatus
@@ -9,13 +11,9 @@ from rq.job import JobStatus
 from shared import keys
 from shared.exceptions import IndexNotFoundError
 from shared.index import TRIM_BATCH, StatusIndex, WindowIds, parse_transitions
+from shared.redis import MICROS
 from shared.status import Status
-from tests.support import indexed, record
-
-
-def redis_now_us(conn: redis.Redis) -> int:
-    seconds, micros = conn.time()
-    return int(seconds) * 1_000_000 + int(micros)
+from tests.helpers import indexed, record, redis_now_us
 
 
 def test_record_moves_the_single_entry_and_writes_rq_status(
@@ -44,7 +42,7 @@ def test_score_is_redis_server_time(conn: redis.Redis, index: StatusIndex) -> No
 
 
 RETENTION = 60
-MINUTE_US = 60 * 1_000_000
+MINUTE_US = 60 * MICROS
 
 
 def test_trim_expired_removes_old_entries_from_every_set(conn: redis.Redis) -> None:
@@ -67,8 +65,8 @@ def test_trim_expired_keeps_entries_inside_the_retention(conn: redis.Redis) -> N
     index = StatusIndex(conn, RETENTION)
     now = redis_now_us(conn)
     key = keys.status_index_key(Status.DONE)
-    conn.zadd(key, {"inside": now - (RETENTION - 5) * 1_000_000})
-    conn.zadd(key, {"outside": now - (RETENTION + 5) * 1_000_000})
+    conn.zadd(key, {"inside": now - (RETENTION - 5) * MICROS})
+    conn.zadd(key, {"outside": now - (RETENTION + 5) * MICROS})
     assert index.trim_expired() == 1
     assert conn.zscore(key, "inside") is not None
     assert conn.zscore(key, "outside") is None
@@ -209,3 +207,39 @@ def test_parse_transitions_reads_every_field() -> None:
     """parse_transitions turns the hash's "<from>:<to>" fields and counts into a dict."""
     raw = {b"new:queued": b"3", b"running:done": b"2"}
     assert parse_transitions(raw) == {("new", "queued"): 3, ("running", "done"): 2}
+
+
+def transaction_of_the_reads(monitor: redis.client.Monitor, timeout: float = 10.0) -> list[str]:
+    """Return the commands MONITOR reports from the MULTI before the first range read to its EXEC.
+
+    Without a MULTI around the reads, return them from the first one on, up to the next EXEC or
+    the first command after them.
+    """
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while True:
+        assert time.monotonic() < deadline, f"no end of the reads within {timeout}s: {seen}"
+        command = monitor.next_command()["command"]
+        names = [c.split()[0] for c in seen]
+        if "ZRANGEBYSCORE" in names and command.split()[0] != "ZRANGEBYSCORE":
+            seen.append(command)
+            break
+        seen.append(command)
+    names = [c.split()[0] for c in seen]
+    first_read = names.index("ZRANGEBYSCORE")
+    start = first_read - 1 if first_read and names[first_read - 1] == "MULTI" else first_read
+    return seen[start:]
+
+
+def test_window_reads_the_five_sets_in_one_transaction(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """The five ZRANGEBYSCORE of a window run between one MULTI and its EXEC, nothing else."""
+    record(index, "job-1", JobStatus.FINISHED)
+    with conn.monitor() as monitor:
+        window = index.window_ids(60, "default")
+        conn.ping()  # a command after the window read, so the reads' end is always seen
+        reads = transaction_of_the_reads(monitor)
+    assert [ids for _, ids in window.ids] == [[], [], [b"job-1"], [], []]
+    assert [command.split()[0] for command in reads] == ["MULTI", *["ZRANGEBYSCORE"] * 5, "EXEC"]
+    assert [command.split()[1] for command in reads[1:-1]] == keys.status_index_keys()

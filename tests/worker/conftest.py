@@ -12,8 +12,15 @@ from rq.job import Job
 from shared.index import StatusIndex
 from shared.job import tracked_job_class
 from shared.settings import Settings
-from tests.support import Process, RedisServer, indexed, service_env, start_worker
-from tests.worker.helpers import Observed, kill_children
+from tests.helpers import (
+    Observed,
+    Process,
+    RedisServer,
+    indexed,
+    kill_children,
+    service_env,
+    start_worker,
+)
 from worker.main import TrackingMixin, build_worker
 
 

@@ -16,8 +16,7 @@ from rq.job import Callback, Job, JobStatus
 from shared import tasks
 from shared.status import Status
 from shared.tasks import RUNNER
-from tests.support import AUTH
-from tests.worker.helpers import Observed
+from tests.helpers import AUTH, Observed, error_of
 from worker.main import TrackingMixin
 
 SAMPLE = "tests.sample_tasks"
@@ -38,13 +37,6 @@ def called(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     marker = tmp_path / "forbidden-called"
     monkeypatch.setattr(sys.modules[__name__], "CALLED", marker)
     return marker
-
-
-def error_of(conn: redis.Redis, job_id: str) -> str:
-    """Return the exception text RQ stored for the job's latest run."""
-    result = Job.fetch(job_id, connection=conn).latest_result()
-    assert result is not None
-    return str(result.exc_string)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ import time
 import pytest
 import redis
 
+from shared.redis import MICROS
+from tests.helpers import redis_now_us
 from worker.clock import RedisClock
 
 
@@ -18,8 +20,7 @@ def test_the_offset_corrects_a_skewed_local_clock(
     monkeypatch.setattr(time, "time", lambda: real_time() + 420)
     clock = RedisClock(conn)
     assert clock.sync() == pytest.approx(-420, abs=1)
-    seconds, _ = conn.time()
-    assert abs(clock.timestamp() - int(seconds)) <= 1
+    assert abs(clock.timestamp() - redis_now_us(conn) / MICROS) <= 1
 
 
 def test_an_unsynced_clock_is_the_local_clock(conn: redis.Redis) -> None:

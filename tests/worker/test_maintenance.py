@@ -7,7 +7,9 @@ from collections.abc import Callable
 import redis
 
 from shared import keys
+from shared.redis import MICROS
 from shared.status import Status
+from tests.helpers import redis_now_us
 from worker.main import TrackingMixin
 
 
@@ -15,9 +17,8 @@ def test_worker_maintenance_trims_expired_index_entries(
     conn: redis.Redis, run_worker: Callable[..., TrackingMixin]
 ) -> None:
     """A worker's maintenance removes index entries older than the retention from every set."""
-    seconds, _ = conn.time()
-    now = int(seconds) * 1_000_000
-    old = now - 2 * 60 * 1_000_000
+    now = redis_now_us(conn)
+    old = now - 2 * 60 * MICROS
     for status in Status:
         conn.zadd(keys.status_index_key(status), {f"old-{status}": old, f"new-{status}": now})
     run_worker(retention_seconds=60)

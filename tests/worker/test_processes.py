@@ -18,8 +18,16 @@ from rq.registry import StartedJobRegistry
 
 from shared.status import Status
 from shared.tasks import RUNNER
-from tests.support import AUTH, ROOT, Process, RedisServer, service_env
-from tests.worker.helpers import Observed, children, wait_for
+from tests.helpers import (
+    AUTH,
+    ROOT,
+    Observed,
+    Process,
+    RedisServer,
+    child_pids,
+    service_env,
+    wait_for,
+)
 from worker.main import TrackingMixin
 
 
@@ -78,7 +86,7 @@ def test_killed_work_horse_fails_the_job(
     job = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="fork")
     wait_for(proc, lambda: observe(job.id) == (Status.RUNNING, JobStatus.STARTED))
-    horses = wait_for(proc, lambda: children(proc.popen.pid))
+    horses = wait_for(proc, lambda: child_pids(proc.popen.pid))
     assert isinstance(horses, list) and len(horses) == 1
     os.kill(horses[0], signal.SIGKILL)
 
@@ -127,7 +135,7 @@ def test_job_of_killed_worker_fails_on_cleanup_and_others_run(
     after = queue.enqueue(RUNNER, "echo", {"n": 2})
 
     # The whole worker dies at once, as in a crash: its process group and any child it has.
-    strays = children(proc.popen.pid)
+    strays = child_pids(proc.popen.pid)
     os.killpg(proc.popen.pid, signal.SIGKILL)
     for pid in strays:
         os.kill(pid, signal.SIGKILL)
@@ -159,7 +167,7 @@ def test_simple_worker_runs_jobs_in_its_own_process(
     job = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="simple")
     wait_for(proc, lambda: observe(job.id) == (Status.RUNNING, JobStatus.STARTED))
-    assert children(proc.popen.pid) == []
+    assert child_pids(proc.popen.pid) == []
 
 
 def test_worker_process_runs_tasks_from_task_modules(

@@ -15,7 +15,7 @@ from rq.job import Job, JobStatus
 
 from shared import tasks
 from shared.job import LEGACY_RUNNER
-from tests.support import AUTH, BIN, ROOT, RedisServer, service_env
+from tests.helpers import AUTH, BIN, ROOT, RedisServer, service_env
 from worker.main import TrackingMixin
 
 SAMPLE = "tests.sample_tasks"

@@ -18,24 +18,8 @@ from shared import keys
 from shared.index import StatusIndex, parse_transitions
 from shared.status import Status
 from shared.tasks import RUNNER
-from tests.support import AUTH, indexed
-from tests.worker.helpers import Observed
+from tests.helpers import AUTH, Observed, error_of, indexed, redis_now_us, submit
 from worker.main import TrackingMixin
-
-
-def submit(client: FlaskClient, task: str, payload: dict[str, object]) -> str:
-    """Submit `task` through the API and return the new job's id."""
-    resp = client.post("/v1/toolkit/jobs", json={"task": task, "payload": payload}, headers=AUTH)
-    assert resp.status_code == 202, resp.get_json()
-    job_id: str = resp.get_json()["job_id"]
-    return job_id
-
-
-def error_of(conn: redis.Redis, job_id: str) -> str:
-    """Return the exception text RQ stored for the job's latest run."""
-    result = Job.fetch(job_id, connection=conn).latest_result()
-    assert result is not None
-    return str(result.exc_string)
 
 
 def test_submission_is_recorded_queued(
@@ -45,8 +29,7 @@ def test_submission_is_recorded_queued(
     observe: Callable[[str], Observed],
 ) -> None:
     """A submitted job is queued in the index and in RQ, scored by Redis time at submission."""
-    seconds, micros = conn.time()
-    before = int(seconds) * 1_000_000 + int(micros)
+    before = redis_now_us(conn)
     job_id = submit(client, "echo", {"a": 1})
     assert observe(job_id) == (Status.QUEUED, JobStatus.QUEUED)
     found = indexed(conn, job_id)

@@ -1,7 +1,9 @@
-"""POST /v1/toolkit/jobs/status: which jobs fall inside the window, by Redis time."""
+"""POST /v1/toolkit/jobs/status: which jobs fall inside the window, by Redis time; refusals
+(400, 404) and an unreachable Redis (500)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,26 +16,28 @@ from rq.job import JobStatus
 from api.context import EXTENSION
 from shared import keys
 from shared.index import StatusIndex
+from shared.redis import MICROS
 from shared.status import Status
-from tests.api.helpers import (
+from tests.helpers import (
+    AUTH,
     JOB_STATUS,
     JOBS,
     JOBS_STATUS,
     assert_envelope,
+    indexed,
     post,
     queue_length,
+    record,
     redis_now_us,
     submit,
+    wait_until,
 )
-from tests.support import AUTH, indexed, record, wait_until
 from worker.main import TrackingMixin
-
-SECOND = 1_000_000
 
 
 def plant(conn: redis.Redis, job_id: str, status: Status, seconds_ago: float) -> None:
     """Put `job_id` in the index as if its state had changed `seconds_ago` by Redis time."""
-    score = redis_now_us(conn) - int(seconds_ago * SECOND)
+    score = redis_now_us(conn) - int(seconds_ago * MICROS)
     conn.zadd(keys.status_index_key(status), {job_id: score})
 
 
@@ -155,3 +159,69 @@ def test_not_refused_when_the_queue_is_full(
     body = assert_envelope(post(client, JOBS_STATUS), 200)
     assert body["response"] == {waiting: "queued"}
     assert_envelope(post(client, JOB_STATUS, {"job_id": waiting}), 200)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["60", "", True, False, None, [60], {"seconds": 60}, -1, -0.001],
+    ids=["string", "empty-string", "true", "false", "null", "array", "object", "neg", "neg-frac"],
+)
+def test_since_seconds_must_be_a_non_negative_number(client: FlaskClient, value: Any) -> None:
+    """A since_seconds that is not a number, or is negative, is refused with 400."""
+    body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": value}), 400)
+    assert "since_seconds" in body["message"]
+    assert body["response"] is None
+
+
+def test_since_seconds_beyond_retention_is_refused(make_app: Callable[..., Flask]) -> None:
+    """A window longer than the index keeps states for is refused with 400."""
+    client = make_app(retention_seconds=120).test_client()
+    for value in (121, 120.5, 10**30):
+        body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": value}), 400)
+        assert "at most 120" in body["message"], value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"since_seconds": 1e999}',
+        b'{"since_seconds": -1e999}',
+        b'{"since_seconds": NaN}',
+        b'{"since_seconds": Infinity}',
+        b'{"since_seconds": -Infinity}',
+    ],
+)
+def test_non_finite_since_seconds_is_refused(client: FlaskClient, raw: bytes) -> None:
+    """Infinite or NaN since_seconds, however spelled, is a 400, never a 500."""
+    resp = post(client, JOBS_STATUS, data=raw, content_type="application/json")
+    message = assert_envelope(resp, 400)["message"]
+    # Refusing the NaN/Infinity literals as invalid JSON is as good as refusing the value.
+    assert "since_seconds" in message or "not valid JSON" in message
+
+
+def test_flushed_redis_is_jobs_directory_not_found(client: FlaskClient, conn: redis.Redis) -> None:
+    """Once the registry marker is gone (FLUSHALL) the answer is 404 "Jobs directory not found"."""
+    assert_envelope(post(client, JOBS_STATUS), 200)
+    conn.flushall()
+    for request in (None, {"since_seconds": 30}):
+        body = assert_envelope(post(client, JOBS_STATUS, request), 404)
+        assert body["message"] == "Jobs directory not found"
+        assert body["response"] is None
+
+
+def test_unreachable_redis_is_a_prompt_500(down_client: FlaskClient) -> None:
+    """With Redis unreachable the answer is a JSON 500 naming the failure, within seconds."""
+    started = time.monotonic()
+    resp = post(down_client, JOBS_STATUS, {"since_seconds": 60, "id": "r-1"})
+    elapsed = time.monotonic() - started
+    body = assert_envelope(resp, 500)
+    assert body["message"].startswith("Failed to retrieve job statuses: ")
+    assert body["queue_length"] is None
+    assert body["id"] == "r-1"
+    assert elapsed < 5, elapsed
+
+
+def test_unreachable_redis_still_validates_first(down_client: FlaskClient) -> None:
+    """A bad since_seconds is a 400 even when Redis is down: validation needs no Redis."""
+    body = assert_envelope(post(down_client, JOBS_STATUS, {"since_seconds": -5}), 400)
+    assert "since_seconds" in body["message"]
