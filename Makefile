@@ -23,7 +23,8 @@ test: $(STAMP)  ## Run the whole test suite against real redis-server processes
 	bash scripts/ensure-command.sh redis-server redis-server
 	bash scripts/ensure-command.sh faketime faketime
 	bash scripts/ensure-command.sh chromium chromium
-	$(BIN)/pytest
+	# pytest's cache beside the virtualenv: a test run leaves nothing behind in the checkout.
+	$(BIN)/pytest -o cache_dir=$(VENV)/pytest-cache
 
 # Not part of `test`: minutes, not seconds. Settings in pyproject.toml's [tool.mutmut].
 # mutants/ is mutmut's work directory, started afresh: its cache can keep stale verdicts

@@ -12,14 +12,16 @@ from rq.job import JobStatus
 from shared import keys
 from shared.exceptions import IndexNotFoundError
 from shared.index import TRIM_BATCH, StatusIndex, window_start
+from shared.redis import MICROS, time_micros
 from shared.status import Status
+from tests.helpers import record
 
 # 2026-01-01T00:00:00.123456Z, in µs: the frozen Redis clock of every test here.
 NOW_US = 1_767_225_600_123_456
 RETENTION = 3600
-CUTOFF_US = NOW_US - RETENTION * 1_000_000
+CUTOFF_US = NOW_US - RETENTION * MICROS
 SINCE = 60
-LOW_US = NOW_US - SINCE * 1_000_000
+LOW_US = NOW_US - SINCE * MICROS
 DONE = keys.status_index_key(Status.DONE)
 
 
@@ -29,7 +31,7 @@ class FrozenTime:
     @staticmethod
     def time() -> float:
         """Return NOW_US as seconds since the epoch."""
-        return NOW_US / 1_000_000
+        return NOW_US / MICROS
 
 
 @pytest.fixture
@@ -37,8 +39,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
     """Return a fakeredis client whose TIME (in Lua scripts too) is frozen at NOW_US."""
     monkeypatch.setattr(server_mixin, "time", FrozenTime)
     client = fakeredis.FakeRedis()
-    seconds, micros = client.time()
-    assert int(seconds) * 1_000_000 + int(micros) == NOW_US
+    assert time_micros(client.time()) == NOW_US
     yield client
     client.close()
 
@@ -54,13 +55,6 @@ def fake_index(fake: fakeredis.FakeRedis) -> StatusIndex:
 def window(index: StatusIndex, since: float) -> set[str]:
     """Return the ids of every status in the window of the last `since` seconds."""
     return {job_id.decode() for _, ids in index.window_ids(since, "default").ids for job_id in ids}
-
-
-def record(index: StatusIndex, job_id: str, rq_status: JobStatus) -> None:
-    """Record `rq_status` for `job_id` in a MULTI of its own."""
-    with index.connection.pipeline() as pipe:
-        index.record(job_id, rq_status, pipe)
-        pipe.execute()
 
 
 def members(client: fakeredis.FakeRedis, key: str) -> set[str]:
