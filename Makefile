@@ -67,4 +67,4 @@ bench-smoke: $(BENCH_STAMP)  ## The same scripts at tiny sizes, in seconds (CI r
 	$(BENCH_VENV)/bin/python -m bench.run --smoke
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .data .pytest_cache .mypy_cache .ruff_cache bench/out
+	rm -rf $(VENV) $(BENCH_VENV) .data .pytest_cache .mypy_cache .ruff_cache bench/out mutants

@@ -6,7 +6,10 @@ Importing the package stays light: the health probe (`python -m api.healthcheck`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from api.app import create_app as create_app
 
 
 def __getattr__(name: str) -> Any:

@@ -54,7 +54,7 @@ def job_status() -> Response:
 
 @bp.post("/v1/toolkit/jobs")
 def submit() -> Response:
-    """Enqueue a registered task, unless the queue is at its limit (then 429)."""
+    """Enqueue a task of the catalog, unless the queue is at its limit (then 429)."""
     svc = services()
     body = request_body()
     wanted = validation.job_request(body)

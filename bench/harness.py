@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from shared import keys
+from shared.index import StatusIndex
 from shared.redis import redis_time_micros
 from tests.helpers import API_KEY, RedisServer, free_port, service_env, start_api
 
@@ -138,7 +139,7 @@ def fill_index(
             if sum(len(m) for m in batch.values()) >= 5000:
                 _flush(pipe, batch)
         _flush(pipe, batch)
-    conn.hset(keys.marker_key(), "schema", keys.SCHEMA_VERSION)
+    StatusIndex(conn, 7 * 86400).mark()
     return recent_ids
 
 

@@ -41,7 +41,7 @@ def run(scratch: Path, smoke: bool) -> Section:
         settled_usage = _usage(conn) / jobs
 
         conn.flushall()
-        index = build_services(Settings(), conn).index
+        index = build_services(Settings(redis_url=server.url), conn).index
         with conn.pipeline(transaction=False) as pipe:
             for i in range(jobs):
                 index.record(str(uuid.uuid4()), JobStatus.FINISHED, pipe)

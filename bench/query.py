@@ -42,7 +42,7 @@ def run(scratch: Path, smoke: bool) -> Section:
     rows: list[dict[str, Any]] = []
     with private_redis(scratch / "redis-query") as server, api_process(server.url) as port:
         conn = server.client()
-        index = build_services(Settings(), conn).index
+        index = build_services(Settings(redis_url=server.url), conn).index
         api = ApiClient(port)
         for size in sizes:
             for window in [w for w in windows if w <= size]:

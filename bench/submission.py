@@ -48,7 +48,7 @@ def run(scratch: Path, smoke: bool) -> Section:
                         ]
                     )
                     print(f"  {rows[-1]}", flush=True)
-        tracked = build_services(Settings(), conn).queue
+        tracked = build_services(Settings(redis_url=server.url), conn).queue
         plain = Queue("default", connection=conn)
         cases = {
             "`Queue.enqueue` in a loop (plain RQ)": lambda: plain.enqueue("bench.noop.noop", {}),

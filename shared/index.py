@@ -68,7 +68,6 @@ if redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1]) == 1 th
 end
 trim(KEYS[target], now, tonumber(ARGV[4]), tonumber(ARGV[6]))
 redis.call('HSET', KEYS[2], 'schema', ARGV[5])
-return now
 """
 )
 

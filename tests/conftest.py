@@ -4,22 +4,27 @@ temporary file of the session, its processes' included, under pytest's temporary
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis.configuration import set_hypothesis_home_dir
+from rq import Queue
+from rq.job import Job
 
 from api import create_app
 from shared.index import StatusIndex
 from shared.redis import connect
 from shared.settings import Settings
+from shared.wiring import Services, build_services
 from tests.helpers import API_KEY, Process, RedisServer
 from worker.main import TrackingMixin, build_worker
 
@@ -35,9 +40,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     root = Path(tempfile.gettempdir()).resolve()
     session.config.stash[SYSTEM_TEMP] = (root, frozenset(os.listdir(root)))
     # Hypothesis writes its storage while the tests are still being collected, before any
-    # fixture runs: point it under pytest's temporary directory now.
-    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
-    set_hypothesis_home_dir(factory.mktemp("hypothesis"))
+    # fixture runs. Beside the virtualenv it outlives the session, so a failing example is
+    # replayed by the next run; without one, it goes under pytest's temporary directory.
+    if sys.prefix != sys.base_prefix:
+        set_hypothesis_home_dir(Path(sys.prefix) / "hypothesis")
+    else:
+        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+        set_hypothesis_home_dir(factory.mktemp("hypothesis"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -115,9 +124,35 @@ def conn(settings: Settings) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def index(conn: redis.Redis, settings: Settings) -> StatusIndex:
+def services(conn: redis.Redis, settings: Settings) -> Services:
+    """Return the service's wiring on the test connection, built as the API and worker build it."""
+    return build_services(settings, conn)
+
+
+@pytest.fixture
+def index(services: Services) -> StatusIndex:
     """Return the status index on the test connection."""
-    return StatusIndex(conn, settings.retention_seconds)
+    return services.index
+
+
+@pytest.fixture
+def job_class(services: Services) -> type[Job]:
+    """Return the service's tracked job class, recording into the test index."""
+    return services.job_class
+
+
+@pytest.fixture
+def queue(services: Services) -> Queue:
+    """Return the service's queue, with the tracked job class, on the test connection."""
+    return services.queue
+
+
+@pytest.fixture
+def fake() -> Iterator[fakeredis.FakeRedis]:
+    """Return an empty fakeredis client, for unit tests that need a Redis-shaped object."""
+    client = fakeredis.FakeRedis()
+    yield client
+    client.close()
 
 
 @pytest.fixture

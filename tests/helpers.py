@@ -29,7 +29,6 @@ from werkzeug.test import TestResponse
 
 from shared import keys
 from shared.index import StatusIndex
-from shared.redis import redis_time_micros
 from shared.status import Status
 
 T = TypeVar("T")
@@ -149,11 +148,6 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError):
         return False
-
-
-def redis_now_us(conn: redis.Redis) -> int:
-    """Return the Redis server clock in integer microseconds."""
-    return redis_time_micros(conn)
 
 
 def indexed(conn: redis.Redis, job_id: str) -> tuple[Status, int] | None:
@@ -476,6 +470,15 @@ def post(client: FlaskClient, path: str, body: Any = None, **kwargs: Any) -> Tes
     return client.post(path, **kwargs)
 
 
+def describe_job(client: FlaskClient, job_id: str) -> dict[str, Any]:
+    """Return the `response` of POST /v1/toolkit/job/status for `job_id`, asserting a 200."""
+    body = assert_envelope(post(client, JOB_STATUS, {"job_id": job_id}), 200)
+    assert body["job_id"] == job_id
+    assert body["message"] == "success"
+    response: dict[str, Any] = body["response"]
+    return response
+
+
 def submit(client: FlaskClient, task: str = "echo", payload: Any = None, **fields: Any) -> str:
     """Submit `task` with `payload`, assert it is accepted, and return the job id."""
     body: dict[str, Any] = {"task": task, "payload": payload or {}, **fields}
@@ -490,6 +493,11 @@ def scrape(client: FlaskClient, headers: dict[str, str] = AUTH) -> Samples:
     text = resp.get_data(as_text=True)
     assert resp.status_code == 200, text
     assert resp.content_type == CONTENT_TYPE_LATEST
+    return parse_samples(text)
+
+
+def parse_samples(text: str) -> Samples:
+    """Return every sample of a Prometheus text exposition, parsed by prometheus-client."""
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -1,1 +1,1 @@
-"""RQ workers that run registered tasks and record every job state change in the index."""
+"""RQ workers that run the catalog's tasks and record every job state change in the index."""

@@ -23,7 +23,8 @@ Validator = Callable[[Payload], Payload]
 
 BUILTIN_MODULE = "shared.tasks.builtin"
 # The dotted name every job of the service carries as its function: RQ's own plain worker can
-# import it, and the service's job class refuses any other name.
+# import it, and the service's job class refuses any other (but the runner's old path, for jobs
+# enqueued before the catalog moved: shared.job.LEGACY_RUNNER).
 RUNNER = "shared.tasks.run_task"
 
 

@@ -35,12 +35,6 @@ class HookedPipeline(Pipeline):
 
 
 @pytest.fixture
-def queue(conn: redis.Redis, settings: Settings) -> Queue:
-    """Return the service's queue on the test connection."""
-    return build_services(settings, conn).queue
-
-
-@pytest.fixture
 def other_queue(settings: Settings) -> Iterator[Queue]:
     """Return the same queue seen through a second, independent connection."""
     other = connect(settings)

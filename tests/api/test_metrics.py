@@ -9,7 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from shared.index import StatusIndex
-from shared.redis import MICROS
+from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from tests.helpers import (
     AUTH,
@@ -19,7 +19,6 @@ from tests.helpers import (
     assert_envelope,
     indexed,
     post,
-    redis_now_us,
     scrape,
     submit,
     wait_until,
@@ -150,10 +149,10 @@ def test_oldest_waiting_age_is_measured_from_the_first_queued_job(
     found = indexed(conn, first)
     assert found is not None
     queued_at = found[1]
-    wait_until(lambda: redis_now_us(conn) > queued_at)
-    low = (redis_now_us(conn) - queued_at) / MICROS
+    wait_until(lambda: redis_time_micros(conn) > queued_at)
+    low = (redis_time_micros(conn) - queued_at) / MICROS
     measured = value(scrape(client), age)
-    high = (redis_now_us(conn) - queued_at) / MICROS
+    high = (redis_time_micros(conn) - queued_at) / MICROS
     assert 0 < low <= measured <= high
     run_worker()
     assert value(scrape(client), age) == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,7 @@ from rq.results import Result
 
 from api import jobs
 from shared.index import StatusIndex
-from tests.helpers import JOB_STATUS, assert_envelope, post, record, submit
+from tests.helpers import JOB_STATUS, assert_envelope, describe_job, post, record, submit
 from worker.main import TrackingMixin
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -40,10 +40,7 @@ def parse_iso(text: str) -> datetime:
 
 def describe(client: FlaskClient, job_id: str) -> dict[str, Any]:
     """Return the description of `job_id`, asserting the envelope around it."""
-    body = assert_envelope(post(client, JOB_STATUS, {"job_id": job_id}), 200)
-    assert body["job_id"] == job_id
-    assert body["message"] == "success"
-    response: dict[str, Any] = body["response"]
+    response = describe_job(client, job_id)
     assert response.keys() >= DESCRIPTION_FIELDS, response
     assert response["job_id"] == job_id
     assert response["queue"] == "default"
@@ -160,14 +157,6 @@ def test_longest_job_id_is_well_formed(client: FlaskClient) -> None:
 CREATED = datetime(2026, 1, 2, 3, 4, 5, 678901)
 STARTED = datetime(2026, 1, 2, 3, 4, 6, 999999)
 ENDED = datetime(2026, 1, 2, 3, 4, 7, 0)
-
-
-@pytest.fixture
-def fake() -> Iterator[fakeredis.FakeRedis]:
-    """Return an empty fakeredis client for jobs that need a Redis-shaped object."""
-    client = fakeredis.FakeRedis()
-    yield client
-    client.close()
 
 
 def job_with(

@@ -16,7 +16,7 @@ from rq.job import JobStatus
 from api.context import EXTENSION
 from shared import keys
 from shared.index import StatusIndex
-from shared.redis import MICROS
+from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from tests.helpers import (
     AUTH,
@@ -28,7 +28,6 @@ from tests.helpers import (
     post,
     queue_length,
     record,
-    redis_now_us,
     submit,
     wait_until,
 )
@@ -37,7 +36,7 @@ from worker.main import TrackingMixin
 
 def plant(conn: redis.Redis, job_id: str, status: Status, seconds_ago: float) -> None:
     """Put `job_id` in the index as if its state had changed `seconds_ago` by Redis time."""
-    score = redis_now_us(conn) - int(seconds_ago * MICROS)
+    score = redis_time_micros(conn) - int(seconds_ago * MICROS)
     conn.zadd(keys.status_index_key(status), {job_id: score})
 
 
@@ -120,7 +119,7 @@ def test_window_boundary_follows_redis_time(
     found = indexed(conn, "edge")
     assert found is not None
     _, recorded = found
-    wait_until(lambda: redis_now_us(conn) - recorded > 300_000, timeout=5, interval=0.02)
+    wait_until(lambda: redis_time_micros(conn) - recorded > 300_000, timeout=5, interval=0.02)
 
     shorter = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 0.2}), 200)
     assert shorter["response"] == {}
@@ -200,7 +199,7 @@ def test_non_finite_since_seconds_is_refused(client: FlaskClient, raw: bytes) ->
 
 
 def test_flushed_redis_is_jobs_directory_not_found(client: FlaskClient, conn: redis.Redis) -> None:
-    """Once the registry marker is gone (FLUSHALL) the answer is 404 "Jobs directory not found"."""
+    """Once the index marker is gone (FLUSHALL) the answer is 404 "Jobs directory not found"."""
     assert_envelope(post(client, JOBS_STATUS), 200)
     conn.flushall()
     for request in (None, {"since_seconds": 30}):

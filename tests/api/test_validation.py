@@ -227,10 +227,7 @@ def test_webhook_url_refuses(url: Any) -> None:
 
 def message(func: Any, *args: Any) -> str:
     """Call func(*args), assert it raises a 400 ApiError, and return its message."""
-    with pytest.raises(ApiError) as caught:
-        func(*args)
-    assert caught.value.code == 400
-    return caught.value.message
+    return refused(func, *args).message
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from rq import Worker
 from rq.job import Job, JobStatus
 
 from shared import keys
-from shared.redis import MICROS
+from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from shared.tasks import RUNNER
 from tests.helpers import (
@@ -37,7 +37,6 @@ from tests.helpers import (
     jobs_status,
     kill_outright,
     post_job,
-    redis_now_us,
     running,
     running_tree,
     service_env,
@@ -414,7 +413,7 @@ def test_clock_skew_a_worker_records_changes_at_redis_time(
     with running_tree(worker, grace=SKEWED_GRACE), running(start_api(env, port)):
         [registered] = wait_until(lambda: Worker.all(connection=conn), timeout=30)
         # The worker wrote its birth date with its own clock: it really is off.
-        skew = registered.birth_date.timestamp() - redis_now_us(conn) / MICROS
+        skew = registered.birth_date.timestamp() - redis_time_micros(conn) / MICROS
         assert abs(skew - SKEW_SECONDS[offset]) < 30, f"the worker's clock is off by {skew:.0f}s"
 
         job_id = submit_ok(port, "echo", {"offset": offset})
@@ -425,10 +424,10 @@ def test_clock_skew_a_worker_records_changes_at_redis_time(
         status, score = entry
         assert status is Status.DONE
         scored_at = score / MICROS
-        off_by = scored_at - redis_now_us(conn) / MICROS
+        off_by = scored_at - redis_time_micros(conn) / MICROS
         assert abs(off_by) < 5, f"scored {off_by:.0f}s away from Redis time"
         # A window that opens after the change excludes it: the score is not in the future.
-        wait_until(lambda: redis_now_us(conn) / MICROS > scored_at + 1.5, timeout=5)
+        wait_until(lambda: redis_time_micros(conn) / MICROS > scored_at + 1.5, timeout=5)
         assert job_id not in listing(port, since_seconds=1)
 
 

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import (
     API_KEY,
     HOST,
     TIMEOUT,
     Reply,
+    Samples,
     call,
     child_pids,
     free_port,
+    parse_samples,
     post_job,
     running,
     start_api,
@@ -36,7 +37,7 @@ REFUSED = "toolkit_jobs_submissions_refused_total"
 CLIENTS = 6
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(port: int) -> Samples:
     """GET /metrics with a Bearer token on a fresh connection; return every sample."""
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT)
     try:
@@ -47,11 +48,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         assert resp.getheader("Content-Type") == CONTENT_TYPE_LATEST
     finally:
         conn.close()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return parse_samples(text)
 
 
 def route_count(port: int) -> float:

@@ -11,9 +11,9 @@ from rq.job import JobStatus
 from shared import keys
 from shared.exceptions import IndexNotFoundError
 from shared.index import TRIM_BATCH, StatusIndex, WindowIds, parse_transitions
-from shared.redis import MICROS
+from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
-from tests.helpers import indexed, record, redis_now_us
+from tests.helpers import indexed, record
 
 
 def test_record_moves_the_single_entry_and_writes_rq_status(
@@ -31,9 +31,9 @@ def test_record_moves_the_single_entry_and_writes_rq_status(
 
 def test_score_is_redis_server_time(conn: redis.Redis, index: StatusIndex) -> None:
     """The score is the Redis server clock in microseconds at the time of the write."""
-    before = redis_now_us(conn)
+    before = redis_time_micros(conn)
     record(index, "job-1", JobStatus.QUEUED)
-    after = redis_now_us(conn)
+    after = redis_time_micros(conn)
     found = indexed(conn, "job-1")
     assert found is not None
     status, score = found
@@ -48,7 +48,7 @@ MINUTE_US = 60 * MICROS
 def test_trim_expired_removes_old_entries_from_every_set(conn: redis.Redis) -> None:
     """trim_expired removes entries older than the retention from all sets and keeps the rest."""
     index = StatusIndex(conn, RETENTION)
-    now = redis_now_us(conn)
+    now = redis_time_micros(conn)
     for status in Status:
         conn.zadd(
             keys.status_index_key(status),
@@ -63,7 +63,7 @@ def test_trim_expired_removes_old_entries_from_every_set(conn: redis.Redis) -> N
 def test_trim_expired_keeps_entries_inside_the_retention(conn: redis.Redis) -> None:
     """An entry a little younger than the retention stays; a little older goes."""
     index = StatusIndex(conn, RETENTION)
-    now = redis_now_us(conn)
+    now = redis_time_micros(conn)
     key = keys.status_index_key(Status.DONE)
     conn.zadd(key, {"inside": now - (RETENTION - 5) * MICROS})
     conn.zadd(key, {"outside": now - (RETENTION + 5) * MICROS})
@@ -78,7 +78,7 @@ def test_trim_expired_works_through_more_than_one_batch(conn: redis.Redis) -> No
     key = keys.status_index_key(Status.DONE)
     count = 2 * TRIM_BATCH + 7
     conn.zadd(key, {f"job-{i}": 1_000 + i for i in range(count)})
-    conn.zadd(key, {"fresh": redis_now_us(conn)})
+    conn.zadd(key, {"fresh": redis_time_micros(conn)})
     assert index.trim_expired() == count
     assert conn.zrange(key, 0, -1) == [b"fresh"]
 
@@ -134,7 +134,9 @@ def test_window_lists_recent_changes_with_their_status(
     """window_ids() returns the jobs changed within the window by status, and the queue length."""
     record(index, "job-done", JobStatus.FINISHED)
     record(index, "job-started", JobStatus.STARTED)
-    conn.zadd(keys.status_index_key(Status.FAILED), {"job-old": redis_now_us(conn) - MINUTE_US})
+    conn.zadd(
+        keys.status_index_key(Status.FAILED), {"job-old": redis_time_micros(conn) - MINUTE_US}
+    )
     conn.rpush(keys.rq_queue_key("default"), "a", "b")
     window = index.window_ids(30, "default")
     assert statuses(window) == {"job-done": Status.DONE, "job-started": Status.RUNNING}

@@ -4,7 +4,6 @@ the transition log line."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,11 +50,9 @@ CALLBACKS = ["success", "failure", "stopped"]
 
 
 @pytest.fixture
-def job() -> Iterator[Job]:
+def job(fake: fakeredis.FakeRedis) -> Job:
     """Return a tracked job on fakeredis (nothing is written)."""
-    client = fakeredis.FakeRedis()
-    yield tracked_job_class(StatusIndex(client, 60))(id="job-1", connection=client)
-    client.close()
+    return tracked_job_class(StatusIndex(fake, 60))(id="job-1", connection=fake)
 
 
 @pytest.mark.parametrize("kind", CALLBACKS)
@@ -83,14 +80,6 @@ def test_job_without_callbacks_logs_nothing(
 
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-@pytest.fixture
-def fake() -> Iterator[fakeredis.FakeRedis]:
-    """Return a fakeredis client the jobs here are bound to (nothing is written)."""
-    client = fakeredis.FakeRedis()
-    yield client
-    client.close()
 
 
 def job_at(

@@ -6,11 +6,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from rq import Queue
 from rq.job import Job
 
 from shared.index import StatusIndex
-from shared.job import tracked_job_class
 from shared.settings import Settings
 from tests.helpers import (
     Observed,
@@ -22,18 +20,6 @@ from tests.helpers import (
     start_worker,
 )
 from worker.main import TrackingMixin, build_worker
-
-
-@pytest.fixture
-def job_class(index: StatusIndex) -> type[Job]:
-    """Return the service's tracked job class, recording into the test index."""
-    return tracked_job_class(index)
-
-
-@pytest.fixture
-def queue(conn: redis.Redis, settings: Settings, job_class: type[Job]) -> Queue:
-    """Return the service's queue, built with the tracked job class as the API builds it."""
-    return Queue(settings.queue_name, connection=conn, job_class=job_class)
 
 
 @pytest.fixture

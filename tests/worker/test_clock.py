@@ -7,8 +7,7 @@ import time
 import pytest
 import redis
 
-from shared.redis import MICROS
-from tests.helpers import redis_now_us
+from shared.redis import MICROS, redis_time_micros
 from worker.clock import RedisClock
 
 
@@ -20,7 +19,7 @@ def test_the_offset_corrects_a_skewed_local_clock(
     monkeypatch.setattr(time, "time", lambda: real_time() + 420)
     clock = RedisClock(conn)
     assert clock.sync() == pytest.approx(-420, abs=1)
-    assert abs(clock.timestamp() - redis_now_us(conn) / MICROS) <= 1
+    assert abs(clock.timestamp() - redis_time_micros(conn) / MICROS) <= 1
 
 
 def test_an_unsynced_clock_is_the_local_clock(conn: redis.Redis) -> None:

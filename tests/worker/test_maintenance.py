@@ -7,9 +7,8 @@ from collections.abc import Callable
 import redis
 
 from shared import keys
-from shared.redis import MICROS
+from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
-from tests.helpers import redis_now_us
 from worker.main import TrackingMixin
 
 
@@ -17,7 +16,7 @@ def test_worker_maintenance_trims_expired_index_entries(
     conn: redis.Redis, run_worker: Callable[..., TrackingMixin]
 ) -> None:
     """A worker's maintenance removes index entries older than the retention from every set."""
-    now = redis_now_us(conn)
+    now = redis_time_micros(conn)
     old = now - 2 * 60 * MICROS
     for status in Status:
         conn.zadd(keys.status_index_key(status), {f"old-{status}": old, f"new-{status}": now})

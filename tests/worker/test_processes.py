@@ -19,24 +19,17 @@ from rq.registry import StartedJobRegistry
 from shared.status import Status
 from shared.tasks import RUNNER
 from tests.helpers import (
-    AUTH,
     ROOT,
     Observed,
     Process,
     RedisServer,
     child_pids,
+    describe_job,
     service_env,
+    submit,
     wait_for,
 )
 from worker.main import TrackingMixin
-
-
-def job_status(client: FlaskClient, job_id: str) -> dict[str, object]:
-    """Return the `response` of POST /v1/toolkit/job/status for `job_id`."""
-    resp = client.post("/v1/toolkit/job/status", json={"job_id": job_id}, headers=AUTH)
-    assert resp.status_code == 200, resp.get_json()
-    described: dict[str, object] = resp.get_json()["response"]
-    return described
 
 
 def test_running_job_reports_rising_progress_then_done(
@@ -46,10 +39,7 @@ def test_running_job_reports_rising_progress_then_done(
     worker_process: Callable[..., Process],
 ) -> None:
     """A job is running while a forking worker runs it, its progress rises, and it ends done."""
-    resp = client.post(
-        "/v1/toolkit/jobs", json={"task": "sleep", "payload": {"seconds": 3}}, headers=AUTH
-    )
-    job_id = resp.get_json()["job_id"]
+    job_id = submit(client, "sleep", {"seconds": 3})
     assert observe(job_id) == (Status.QUEUED, JobStatus.QUEUED)
     proc = worker_process(WORKER_CLASS="fork")
 
@@ -63,12 +53,12 @@ def test_running_job_reports_rising_progress_then_done(
         return len([p for p in seen if 0 < p < 100]) >= 2
 
     wait_for(proc, progressed)
-    running = job_status(client, job_id)
+    running = describe_job(client, job_id)
     assert running["job_status"] == "running"
     assert isinstance(running["progress"], int) and 0 < running["progress"] <= 100
 
-    wait_for(proc, lambda: job_status(client, job_id)["job_status"] == "done")
-    done = job_status(client, job_id)
+    wait_for(proc, lambda: describe_job(client, job_id)["job_status"] == "done")
+    done = describe_job(client, job_id)
     assert done["progress"] == 100
     assert done["result"] == {"slept": 3.0}
     assert observe(job_id) == (Status.DONE, JobStatus.FINISHED)
@@ -178,11 +168,7 @@ def test_worker_process_runs_tasks_from_task_modules(
 ) -> None:
     """A worker started with TASK_MODULES runs a user task the API accepted, to done."""
     client = make_app(task_modules=("tests.sample_tasks",)).test_client()
-    resp = client.post(
-        "/v1/toolkit/jobs", json={"task": "reverse", "payload": {"text": "abc"}}, headers=AUTH
-    )
-    assert resp.status_code == 202, resp.get_json()
-    job_id = resp.get_json()["job_id"]
+    job_id = submit(client, "reverse", {"text": "abc"})
     proc = worker_process(TASK_MODULES="tests.sample_tasks")
     wait_for(proc, lambda: observe(job_id) == (Status.DONE, JobStatus.FINISHED))
     assert Job.fetch(job_id, connection=conn).return_value() == {"text": "cba"}

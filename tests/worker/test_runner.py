@@ -31,6 +31,8 @@ def test_runner_loads_builtins_and_task_modules_from_the_environment(
     monkeypatch.setattr(tasks, "_tasks", {})
     monkeypatch.setattr(tasks, "_loaded", False)
     # Imported afresh, so that their decorators run again into the empty catalog.
+    # The re-import also rebinds the package's attribute: it is restored with the module.
+    monkeypatch.setattr(tasks, "builtin", sys.modules[tasks.BUILTIN_MODULE], raising=False)
     monkeypatch.delitem(sys.modules, tasks.BUILTIN_MODULE)
     monkeypatch.delitem(sys.modules, RUNNER_TASKS, raising=False)
     monkeypatch.setenv("TASK_MODULES", RUNNER_TASKS)

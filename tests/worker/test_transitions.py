@@ -16,9 +16,10 @@ from rq.registry import FailedJobRegistry
 
 from shared import keys
 from shared.index import StatusIndex, parse_transitions
+from shared.redis import redis_time_micros
 from shared.status import Status
 from shared.tasks import RUNNER
-from tests.helpers import AUTH, Observed, error_of, indexed, redis_now_us, submit
+from tests.helpers import AUTH, Observed, error_of, indexed, submit
 from worker.main import TrackingMixin
 
 
@@ -29,7 +30,7 @@ def test_submission_is_recorded_queued(
     observe: Callable[[str], Observed],
 ) -> None:
     """A submitted job is queued in the index and in RQ, scored by Redis time at submission."""
-    before = redis_now_us(conn)
+    before = redis_time_micros(conn)
     job_id = submit(client, "echo", {"a": 1})
     assert observe(job_id) == (Status.QUEUED, JobStatus.QUEUED)
     found = indexed(conn, job_id)
