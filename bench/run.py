@@ -14,6 +14,7 @@ from typing import Any
 
 from bench import load, memory, peers, query, recording, submission
 from bench.harness import ROOT, Section, machine, table
+from tests.helpers import Process
 
 SECTIONS: list[tuple[str, Callable[[Path, bool], Section]]] = [
     ("query", query.run),
@@ -35,6 +36,12 @@ def main() -> None:
 
     results: dict[str, Section] = {}
     timings: dict[str, float] = {}
+    # Every process a benchmark starts logs here (kept for a look after a failed run), never in
+    # the system's temporary directory.
+    logs = ROOT / "bench" / "out" / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    Process.log_dir = logs
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for name, fn in chosen:
             print(f"== {name}", flush=True)
