@@ -15,12 +15,12 @@ from api.auth import require_api_key
 from api.body import request_body
 from api.context import services
 from api.encoding import statuses_json
-from api.enqueue import QueueFullError, enqueue_bounded
 from api.errors import ApiError
 from api.request_metrics import REFUSED_SUBMISSIONS
 from api.responses import reply
 from shared import tasks
-from shared.job import log_transition
+from shared.job import TrackedJob, log_transition
+from shared.queue import QueueFullError
 from shared.status import Status, from_rq
 
 bp = Blueprint("jobs", __name__)
@@ -46,7 +46,7 @@ def job_status() -> Response:
     svc = services()
     job_id = validation.job_id(request_body())
     try:
-        job = svc.job_class.fetch(job_id, connection=svc.redis)
+        job = TrackedJob.fetch(job_id, connection=svc.redis)
     except NoSuchJobError:
         raise ApiError(404, "Job not found", job_id=job_id) from None
     return reply(200, "success", job_id=job_id, response=describe(job))
@@ -79,7 +79,7 @@ def submit() -> Response:
         meta=_meta(task.name, body.get("id"), wanted.webhook_url),
     )
     try:
-        queue_length = enqueue_bounded(svc.queue, job, limit)
+        queue_length = svc.queue.enqueue_bounded(job, limit)
     except QueueFullError as full:
         REFUSED_SUBMISSIONS.inc()
         raise ApiError(

@@ -12,9 +12,8 @@ from rq.job import JobStatus
 
 from bench.harness import Section, fill_index, private_redis, table
 from shared import keys
-from shared.settings import Settings
+from shared.index import record
 from shared.status import Status
-from shared.wiring import build_services
 
 FULL_JOBS = 100_000
 SMOKE_JOBS = 1_000
@@ -41,10 +40,9 @@ def run(scratch: Path, smoke: bool) -> Section:
         settled_usage = _usage(conn) / jobs
 
         conn.flushall()
-        index = build_services(Settings(redis_url=server.url), conn).index
         with conn.pipeline(transaction=False) as pipe:
             for i in range(jobs):
-                index.record(str(uuid.uuid4()), JobStatus.FINISHED, pipe)
+                record(pipe, str(uuid.uuid4()), JobStatus.FINISHED)
                 if i % 1000 == 999:
                     pipe.execute()
             pipe.execute()

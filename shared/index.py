@@ -19,40 +19,42 @@ from shared.redis import MICROS, time_micros
 from shared.status import Status, from_rq
 
 STATUSES = list(Status)
+# The statuses whose entries leave the index once older than the retention. A queued or running
+# entry stays as long as RQ holds its job (docs/index-layout.md): the repair pass removes it
+# when RQ no longer has the job, never the clock.
+FINAL_STATUSES = (Status.DONE, Status.FAILED, Status.CANCELED)
 # How many expired entries one trim step removes: small enough never to block Redis.
 TRIM_BATCH = 500
 
-# The head of every script that trims: `now` (Redis time, µs) and `trim`, which removes up to
-# `batch` entries older than `retention` seconds from the sorted set `key` and returns how many
-# went. Bounded work per call keeps Redis responsive on any index size.
-TRIM_PRELUDE = """
-local function trim(key, now, retention, batch)
-  local cutoff = string.format('%.0f', now - retention * 1000000)
-  local expired = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. cutoff, 'LIMIT', 0, batch)
-  if #expired > 0 then redis.call('ZREM', key, unpack(expired)) end
-  return #expired
-end
+# Remove up to ARGV[2] entries older than ARGV[1] seconds (by this Redis server's clock) from
+# the sorted set KEYS[1]; return how many went. Bounded work per call keeps Redis responsive on
+# any index size.
+TRIM_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cutoff = string.format('%.0f', now - tonumber(ARGV[1]) * 1000000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[2])
+if #expired > 0 then redis.call('ZREM', KEYS[1], unpack(expired)) end
+return #expired
 """
 
 # Record one state change. Guarantees, atomically: RQ's own `status` field in the job hash,
 # the job's single entry in the index (moved out of every other status set), and the index
-# marker all change together, scored by this Redis server's clock, never the caller's. It also
-# trims a bounded batch of expired entries from the set it writes to, so retention needs no scan.
+# marker all change together, scored by this Redis server's clock, never the caller's.
 # When the job's API status really changes (it was not already in the target set), it counts
 # the change in the transitions hash, field "<from>:<to>" ("new" when the job was in no set),
 # in the same transaction: the count can never disagree with the index. Which set held the job
 # comes from the ZREM replies the move makes anyway, so counting costs one HINCRBY.
 # KEYS: job hash, index marker, transitions hash, the index sets in Status order.
-# ARGV: job id, RQ status, target set position (1-based), retention (s), schema, trim batch.
+# ARGV: job id, RQ status, target set position (1-based), schema.
 # The status names are written into the script (`names`, in Status order), not sent each call.
 RECORD_LUA = (
-    TRIM_PRELUDE
-    + "local names = {"
+    "local names = {"
     + ", ".join(f"'{status.value}'" for status in STATUSES)
     + "}"
     + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local first = 4
 local position = tonumber(ARGV[3])
 local target = position + first - 1
@@ -66,18 +68,29 @@ end
 if redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[3], from .. ':' .. names[position], 1)
 end
-trim(KEYS[target], now, tonumber(ARGV[4]), tonumber(ARGV[6]))
-redis.call('HSET', KEYS[2], 'schema', ARGV[5])
+redis.call('HSET', KEYS[2], 'schema', ARGV[4])
 """
 )
 
-# Trim the set KEYS[1]: retention ARGV[1] (s), at most ARGV[2] entries; return how many went.
-TRIM_LUA = (
-    TRIM_PRELUDE
-    + """
-return trim(KEYS[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
-"""
-)
+_INDEX_KEYS = keys.status_index_keys()
+
+
+def record(pipeline: Pipeline, job_id: str, rq_status: JobStatus | str) -> None:
+    """Queue the recording of `job_id` now having `rq_status` inside `pipeline`'s MULTI."""
+    status = from_rq(rq_status)
+    script_keys = [keys.rq_job_key(job_id), keys.marker_key(), keys.transitions_key(), *_INDEX_KEYS]
+    args = [job_id, JobStatus(rq_status).value, STATUSES.index(status) + 1, keys.SCHEMA_VERSION]
+    # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per pipeline
+    # on a registered script, and a NOSCRIPT error inside MULTI (after a Redis restart)
+    # would let RQ's half of the transaction commit without ours.
+    pipeline.eval(RECORD_LUA, len(script_keys), *script_keys, *args)
+
+
+def forget(pipeline: Pipeline, *job_ids: str) -> None:
+    """Queue the removal of `job_ids` from every status set inside `pipeline`'s MULTI."""
+    if job_ids:
+        for key in _INDEX_KEYS:
+            pipeline.zrem(key, *job_ids)
 
 
 def parse_transitions(raw: dict[bytes, bytes]) -> dict[tuple[str, str], int]:
@@ -111,28 +124,6 @@ class StatusIndex:
         self._trim = connection.register_script(TRIM_LUA)
         self._index_keys = keys.status_index_keys()
 
-    def record(self, job_id: str, rq_status: JobStatus, pipeline: Pipeline) -> None:
-        """Queue the recording of `job_id` now having `rq_status` inside `pipeline`'s MULTI."""
-        status = from_rq(rq_status)
-        script_keys = [
-            keys.rq_job_key(job_id),
-            keys.marker_key(),
-            keys.transitions_key(),
-            *self._index_keys,
-        ]
-        args = [
-            job_id,
-            JobStatus(rq_status).value,
-            STATUSES.index(status) + 1,
-            self.retention_seconds,
-            keys.SCHEMA_VERSION,
-            TRIM_BATCH,
-        ]
-        # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per pipeline
-        # on a registered script, and a NOSCRIPT error inside MULTI (after a Redis restart)
-        # would let RQ's half of the transaction commit without ours.
-        pipeline.eval(RECORD_LUA, len(script_keys), *script_keys, *args)
-
     def window_ids(self, since_seconds: float, queue_name: str) -> WindowIds:
         """Return the raw ids per status changed in the last `since_seconds`, by Redis time."""
         # Two round trips beat one Lua script here: a script's reply of 10^4 ids passes through
@@ -159,9 +150,10 @@ class StatusIndex:
         self.connection.hset(keys.marker_key(), "schema", keys.SCHEMA_VERSION)
 
     def trim_expired(self, max_batches: int = 100) -> int:
-        """Remove entries older than the retention in bounded batches; return how many went."""
+        """Remove final entries older than the retention in bounded batches; return how many."""
         removed = 0
-        for key in self._index_keys:
+        for status in FINAL_STATUSES:
+            key = keys.status_index_key(status)
             for _ in range(max_batches):
                 count = int(self._trim(keys=[key], args=[self.retention_seconds, TRIM_BATCH]))
                 removed += count

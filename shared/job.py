@@ -8,8 +8,7 @@ from typing import Any
 from redis.client import Pipeline
 from rq.job import Job, JobStatus
 
-from shared import tasks
-from shared.index import StatusIndex
+from shared import index, tasks
 from shared.status import Status, from_rq
 
 logger = logging.getLogger(__name__)
@@ -24,56 +23,72 @@ class UnregisteredFunctionError(Exception):
     """A job names a function other than the task runner."""
 
 
-def tracked_job_class(index: StatusIndex) -> type[Job]:
-    """Return an RQ Job class that records every status change of its jobs in `index`."""
+class TrackedJob(Job):
+    """An RQ job whose status writes, deletion included, move its index entry atomically.
 
-    class TrackedJob(Job):
-        """An RQ job whose status writes also move its entry in the status index, atomically."""
+    Module-level, so RQ's own tools can name it: `rq worker -j shared.job.TrackedJob`.
+    """
 
-        def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
-            """Set the status in RQ and in the index, inside `pipeline` when one is given."""
-            # The record script writes RQ's own `status` field too, so the index can never
-            # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
-            self._status = JobStatus(status)
-            if pipeline is not None:
-                index.record(self.id, self._status, pipeline)
-                return
-            with self.connection.pipeline() as own:
-                index.record(self.id, self._status, own)
-                own.execute()
+    def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
+        """Set the status in RQ and in the index, inside `pipeline` when one is given."""
+        # The record script writes RQ's own `status` field too, so the index can never
+        # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
+        self._status = JobStatus(status)
+        if pipeline is not None:
+            index.record(pipeline, self.id, self._status)
+            return
+        with self.connection.pipeline() as own:
+            index.record(own, self.id, self._status)
+            own.execute()
 
-        def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
-            """Mark the job started, as RQ does, and record `running` in the same pipeline."""
-            super().prepare_for_execution(worker_name, pipeline)
-            index.record(self.id, JobStatus.STARTED, pipeline)
+    def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
+        """Mark the job started, as RQ does, and record `running` in the same pipeline."""
+        super().prepare_for_execution(worker_name, pipeline)
+        index.record(pipeline, self.id, JobStatus.STARTED)
 
-        # Callbacks would be another way to name a function; the service never sets them, and
-        # a job that does (written straight into Redis) gets none run.
-        @property
-        def success_callback(self) -> Any:
-            """Return no callback, whatever the job names."""
-            return _refuse_callback(self, self._success_callback_name)
+    def delete(
+        self,
+        pipeline: Pipeline | None = None,
+        remove_from_queue: bool = True,
+        delete_dependents: bool = False,
+    ) -> None:
+        """Delete the job as RQ does and remove its index entry, in one transaction."""
+        # RQ's own delete without a pipeline sends its commands one by one; ours always runs
+        # them in a MULTI, so no reader sees the job gone from RQ but still in the index.
+        if pipeline is not None:
+            super().delete(pipeline, remove_from_queue, delete_dependents)
+            index.forget(pipeline, self.id)
+            return
+        with self.connection.pipeline() as own:
+            super().delete(own, remove_from_queue, delete_dependents)
+            index.forget(own, self.id)
+            own.execute()
 
-        @property
-        def failure_callback(self) -> Any:
-            """Return no callback, whatever the job names."""
-            return _refuse_callback(self, self._failure_callback_name)
+    # Callbacks would be another way to name a function; the service never sets them, and
+    # a job that does (written straight into Redis) gets none run.
+    @property
+    def success_callback(self) -> Any:
+        """Return no callback, whatever the job names."""
+        return _refuse_callback(self, self._success_callback_name)
 
-        @property
-        def stopped_callback(self) -> Any:
-            """Return no callback, whatever the job names."""
-            return _refuse_callback(self, self._stopped_callback_name)
+    @property
+    def failure_callback(self) -> Any:
+        """Return no callback, whatever the job names."""
+        return _refuse_callback(self, self._failure_callback_name)
 
-        @property
-        def func(self) -> Any:
-            """Return the task runner, refusing a job that names any other function."""
-            if self.func_name not in RUNNER_NAMES:
-                raise UnregisteredFunctionError(
-                    f"job {self.id} names {self.func_name!r}, not the task runner"
-                )
-            return tasks.run_task
+    @property
+    def stopped_callback(self) -> Any:
+        """Return no callback, whatever the job names."""
+        return _refuse_callback(self, self._stopped_callback_name)
 
-    return TrackedJob
+    @property
+    def func(self) -> Any:
+        """Return the task runner, refusing a job that names any other function."""
+        if self.func_name not in RUNNER_NAMES:
+            raise UnregisteredFunctionError(
+                f"job {self.id} names {self.func_name!r}, not the task runner"
+            )
+        return tasks.run_task
 
 
 def _refuse_callback(job: Job, name: str | None) -> None:

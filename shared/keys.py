@@ -33,6 +33,16 @@ def transitions_key() -> str:
     return f"{PREFIX}transitions"
 
 
+def repair_lease_key() -> str:
+    """Return the key whose presence says a repair pass started within the last interval."""
+    return f"{PREFIX}repair:lease"
+
+
+def repairs_key() -> str:
+    """Return the key of the hash counting repaired entries, one field per kind of repair."""
+    return f"{PREFIX}repairs"
+
+
 def rq_queue_key(queue_name: str) -> str:
     """Return RQ's list key for the waiting jobs of `queue_name`."""
     return f"{Queue.redis_queue_namespace_prefix}{queue_name}"

@@ -135,6 +135,8 @@ class Settings:
     redis_timeout: float = 2.0
     job_timeout: int = 3660
     maintenance_interval: int = 15
+    # How often (s) a repair pass starts, across all workers; see docs/reliability.md.
+    repair_interval: int = 30
     retry_after_seconds: int = 5
     webhook_allow_private: bool = False
     build_number: str = "0.1.0"
@@ -183,6 +185,7 @@ class Settings:
             maintenance_interval=read(
                 "MAINTENANCE_INTERVAL", _int(1, DAY), defaults.maintenance_interval
             ),
+            repair_interval=read("REPAIR_INTERVAL", _int(5, DAY), defaults.repair_interval),
             retry_after_seconds=read(
                 "RETRY_AFTER_SECONDS", _int(1, 3600), defaults.retry_after_seconds
             ),

@@ -22,6 +22,7 @@ from rq.job import Job
 
 from api import create_app
 from shared.index import StatusIndex
+from shared.job import TrackedJob
 from shared.redis import connect
 from shared.settings import Settings
 from shared.wiring import Services, build_services
@@ -137,8 +138,8 @@ def index(services: Services) -> StatusIndex:
 
 @pytest.fixture
 def job_class(services: Services) -> type[Job]:
-    """Return the service's tracked job class, recording into the test index."""
-    return services.job_class
+    """Return the service's tracked job class."""
+    return TrackedJob
 
 
 @pytest.fixture

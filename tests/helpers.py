@@ -27,9 +27,10 @@ from rq import Worker
 from rq.job import Job, JobStatus
 from werkzeug.test import TestResponse
 
+from shared import index as index_module
 from shared import keys
 from shared.index import StatusIndex
-from shared.status import Status
+from shared.status import Status, from_rq
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +163,34 @@ def indexed(conn: redis.Redis, job_id: str) -> tuple[Status, int] | None:
     return None
 
 
+def index_view(conn: redis.Redis) -> dict[str, Status]:
+    """Return every indexed job with its status, read from the five sets."""
+    view: dict[str, Status] = {}
+    for status in Status:
+        for member in conn.zrange(keys.status_index_key(status), 0, -1):
+            assert member.decode() not in view, f"{member!r} is in two status sets"
+            view[member.decode()] = status
+    return view
+
+
+def rq_view(conn: redis.Redis) -> dict[str, Status]:
+    """Return every job RQ holds (a job hash with a status), its RQ status mapped to ours.
+
+    RQ's job keys are `rq:job:<id>`; the `:dependents` and `:dependencies` sets beside them are
+    not jobs.
+    """
+    view: dict[str, Status] = {}
+    prefix = Job.redis_job_namespace_prefix
+    for key in conn.scan_iter(match=f"{prefix}*", count=1000):
+        job_id = key.decode().removeprefix(prefix)
+        if ":" in job_id:
+            continue
+        rq_status = conn.hget(key, "status")
+        if rq_status is not None:
+            view[job_id] = from_rq(rq_status.decode())
+    return view
+
+
 def index_status(conn: redis.Redis, job_id: str) -> Status | None:
     """Return the job's status in the index, if indexed."""
     entry = indexed(conn, job_id)
@@ -171,7 +200,7 @@ def index_status(conn: redis.Redis, job_id: str) -> Status | None:
 def record(index: StatusIndex, job_id: str, rq_status: JobStatus) -> None:
     """Record `rq_status` for `job_id` in `index` in a transaction of its own."""
     with index.connection.pipeline() as pipe:
-        index.record(job_id, rq_status, pipe)
+        index_module.record(pipe, job_id, rq_status)
         pipe.execute()
 
 
@@ -368,6 +397,22 @@ def child_pids(pid: int) -> list[int]:
         if int(ppid) == pid and state != "Z":
             children.append(int(entry.name))
     return children
+
+
+def work_horses(pid: int) -> list[int]:
+    """Return the children of worker `pid` running a job (RQ titles them "... Processing ...").
+
+    A worker's other children, RQ's scheduler and the repair loop, never carry that title.
+    """
+    horses = []
+    for child in child_pids(pid):
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:  # the process ended while we looked
+            continue
+        if b"Processing " in title:
+            horses.append(child)
+    return horses
 
 
 def descendant_pids(pid: int) -> list[int]:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError, TimeoutError
-from rq import SimpleWorker, Worker
+from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.worker import BaseWorker
 
 from shared import tasks
 from shared.index import StatusIndex
-from shared.job import log_transition
+from shared.job import TrackedJob, log_transition
+from shared.queue import TrackedQueue
 from shared.redis import connect
 from shared.settings import Settings
 from shared.status import Status
-from shared.wiring import build_services
+from worker import repair
 from worker.clock import RedisClock, use_redis_time
 
 logger = logging.getLogger(__name__)
@@ -38,10 +41,32 @@ WORKER_TTL = 35
 
 
 class TrackingMixin(BaseWorker):
-    """Trim expired index entries during RQ's maintenance; log each transition once it holds."""
+    """Work tracked jobs only; trim the index during RQ's maintenance; log each transition.
 
-    index: StatusIndex
+    RQ's command line builds a worker with its own default job and queue classes
+    (`rq worker -w worker.main.TrackedWorker`, without `-j`): the mixin puts the service's
+    in their place, so a worker of this class records every transition however it started.
+    """
+
     clock: RedisClock | None = None
+
+    def __init__(
+        self,
+        queues: Iterable[Queue | str] | Queue | str,
+        *args: Any,
+        settings: Settings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Build RQ's worker on tracked queues and jobs; settings default to the environment."""
+        self.settings = settings if settings is not None else Settings.from_env()
+        tasks.load(self.settings.task_modules)
+        kwargs["job_class"] = _tracked(kwargs.get("job_class"), TrackedJob)
+        kwargs["queue_class"] = _tracked(kwargs.get("queue_class"), TrackedQueue)
+        if isinstance(queues, Queue | str):
+            queues = [queues]
+        names = [queue.name if isinstance(queue, Queue) else queue for queue in queues]
+        super().__init__(names, *args, **kwargs)
+        self.index = StatusIndex(self.connection, self.settings.retention_seconds)
 
     def prepare_job_execution(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Start the job as RQ does, then log the transition."""
@@ -115,26 +140,43 @@ def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -
             delay = min(delay * 2, 5.0)
 
 
+def _tracked(given: type[Any] | str | None, tracked: type[Any]) -> type[Any]:
+    if isinstance(given, type) and issubclass(given, tracked):
+        return given
+    if given is not None and given not in (Job, Queue):
+        logger.warning("%s replaces %r: its jobs would bypass the status index", tracked, given)
+    return tracked
+
+
 def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> TrackingMixin:
     """Return a worker of the configured class on the configured queue, recording into the index."""
-    tasks.load(settings.task_modules)
-    svc = build_services(settings, connection)
     worker_class = TrackedWorker if settings.worker_class == "fork" else TrackedSimpleWorker
-    worker = worker_class(
-        [svc.queue],
+    return worker_class(
+        [settings.queue_name],
         connection=connection,
-        job_class=svc.job_class,
+        settings=settings,
         maintenance_interval=settings.maintenance_interval,
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
         worker_ttl=WORKER_TTL,
         **kwargs,
     )
-    worker.index = svc.index
-    return worker
 
 
-def run(settings: Settings) -> bool:
-    """Run a worker until it is told to stop; return whether it worked any job (burst mode)."""
+def start_repairer(settings: Settings) -> multiprocessing.process.BaseProcess:
+    """Start the drift repair loop in a child process of its own (worker/repair.py)."""
+    # Spawned, not forked: a fresh interpreter shares no locks or sockets with this one.
+    process = multiprocessing.get_context("spawn").Process(
+        target=repair.run_forever, args=(settings,), name="toolkit-jobs repair", daemon=True
+    )
+    process.start()
+    return process
+
+
+def run(settings: Settings, with_repair: bool = True) -> bool:
+    """Run a worker, RQ's scheduler and the repair loop until told to stop (or burst ends).
+
+    Return whether the worker worked any job.
+    """
     connection = connect(settings)
     wait_for_redis(connection)
     worker = build_worker(settings, connection)
@@ -142,7 +184,15 @@ def run(settings: Settings) -> bool:
     worker.clock.sync()
     use_redis_time(worker.clock)
     worker.index.mark()
+    repairer = start_repairer(settings) if with_repair else None
     logger.info(
         "worker %s (%s) on queue %r", worker.name, settings.worker_class, settings.queue_name
     )
-    return bool(worker.work(logging_level=settings.log_level))
+    try:
+        # RQ's scheduler moves scheduled jobs and retries with an interval to their queue when
+        # due; one worker per queue holds its lock, the others stand by.
+        return bool(worker.work(logging_level=settings.log_level, with_scheduler=True))
+    finally:
+        if repairer is not None:
+            repairer.terminate()
+            repairer.join(timeout=5)

@@ -51,8 +51,6 @@ def create_dashboard_app(services: Services) -> Flask:
     dashboard.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dashboard.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     dashboard.json = FastJSONProvider(dashboard)
-    # The guard refuses deleting with a 403 first; this is rq-dashboard's own switch.
-    dashboard.config["RQ_DASHBOARD_DISABLE_DELETE"] = True
     # Shown in the page's instance picker: never the password or the query string.
     dashboard.config["RQ_DASHBOARD_REDIS_URL"] = [display_url(settings.redis_url)]
     dashboard.extensions[EXTENSION] = services

@@ -1,4 +1,4 @@
-"""Between a browser and rq-dashboard: login, CSRF, input checks, index-aware requeueing."""
+"""Between a browser and rq-dashboard: login, CSRF, input checks, index-aware actions."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.registry import FailedJobRegistry
+from rq.registry import (
+    BaseRegistry,
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 
 from api.errors import ApiError
 from api.responses import reply
+from shared.job import TrackedJob
+from shared.queue import TrackedQueue
 from shared.wiring import Services
 
 REALM = 'Basic realm="toolkit-jobs dashboard", charset="UTF-8"'
@@ -24,8 +34,6 @@ COMPACT = f"{BLUEPRINT}.compact_queue"
 DELETE_ONE = f"{BLUEPRINT}.delete_job_view"
 EMPTY = f"{BLUEPRINT}.empty_queue"
 ACTIONS = frozenset({REQUEUE_ONE, REQUEUE_ALL, COMPACT, DELETE_ONE, EMPTY})
-# Deleting behind the status index's back would leave it listing jobs RQ no longer has.
-DISABLED_ACTIONS = frozenset({DELETE_ONE, EMPTY})
 # The job-list views take registry, order, page size and page from the path, unchecked.
 JOB_LISTS = frozenset({f"{BLUEPRINT}.list_jobs", f"{BLUEPRINT}.jobs_overview"})
 REGISTRIES = frozenset(
@@ -49,10 +57,12 @@ def install(dashboard: Flask, services: Services, user: str, password: str) -> N
     dashboard.before_request(basic_auth_check(user, password))
     dashboard.before_request(check_request)
     dashboard.after_request(add_security_headers)
-    # rq-dashboard requeues through RQ's plain Job class, which the status index never hears
-    # of; these do the same through the service's job class, so the index follows at once.
+    # rq-dashboard acts through RQ's plain Job and Queue classes, which the status index never
+    # hears of; these do the same through the service's classes, so the index follows at once.
     dashboard.view_functions[REQUEUE_ONE] = requeue_one_view(services)
     dashboard.view_functions[REQUEUE_ALL] = requeue_all_view(services)
+    dashboard.view_functions[DELETE_ONE] = delete_one_view(services)
+    dashboard.view_functions[EMPTY] = empty_view(services)
 
     @dashboard.errorhandler(NoSuchJobError)
     def no_such_job(exc: NoSuchJobError) -> Response:
@@ -106,10 +116,6 @@ def _check_action(endpoint: str) -> None:
         raise ApiError(403, "Cross-site request refused")
     if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin", "none"):
         raise ApiError(403, "Cross-site request refused")
-    if endpoint in DISABLED_ACTIONS:
-        raise ApiError(
-            403, "Deleting from the dashboard is disabled: the status index must follow RQ"
-        )
 
 
 def _check_job_list(args: dict[str, object]) -> None:
@@ -134,7 +140,7 @@ def requeue_one_view(services: Services) -> Callable[[str], Response]:
     """Return the view requeueing one failed job through the service's job class."""
 
     def requeue_job_view(job_id: str) -> Response:
-        job = services.job_class.fetch(job_id, connection=services.redis)
+        job = TrackedJob.fetch(job_id, connection=services.redis)
         job.requeue()
         return jsonify(status="OK")
 
@@ -145,9 +151,7 @@ def requeue_all_view(services: Services) -> Callable[[str], Response]:
     """Return the view requeueing every failed job of a queue through the service's job class."""
 
     def requeue_all(queue_name: str) -> Response:
-        failed = FailedJobRegistry(
-            queue_name, connection=services.redis, job_class=services.job_class
-        )
+        failed = FailedJobRegistry(queue_name, connection=services.redis, job_class=TrackedJob)
         count = 0
         for job_id in failed.get_job_ids(cleanup=False):
             try:
@@ -159,3 +163,50 @@ def requeue_all_view(services: Services) -> Callable[[str], Response]:
         return jsonify(status="OK", count=count)
 
     return requeue_all
+
+
+def delete_one_view(services: Services) -> Callable[[str], Response]:
+    """Return the view deleting one job through the service's job class."""
+
+    def delete_job_view(job_id: str) -> Response:
+        TrackedJob.fetch(job_id, connection=services.redis).delete()
+        return jsonify(status="OK")
+
+    return delete_job_view
+
+
+# The registries the dashboard can empty besides the queue itself, by the name in its URL.
+EMPTIABLE: dict[str, type[BaseRegistry]] = {
+    "failed": FailedJobRegistry,
+    "deferred": DeferredJobRegistry,
+    "started": StartedJobRegistry,
+    "finished": FinishedJobRegistry,
+    "canceled": CanceledJobRegistry,
+    "scheduled": ScheduledJobRegistry,
+}
+
+
+def empty_view(services: Services) -> Callable[[str, str], Response]:
+    """Return the view emptying a queue or one of its registries through the service's classes."""
+
+    def empty_queue(queue_name: str, registry_name: str) -> Response:
+        if registry_name == "queued":
+            count = TrackedQueue(queue_name, connection=services.redis).empty()
+            return jsonify(status="OK", count=count)
+        registry_class = EMPTIABLE.get(registry_name)
+        if registry_class is None:
+            raise ApiError(404, f"Unknown registry: one of queued, {', '.join(sorted(EMPTIABLE))}")
+        registry = registry_class(queue_name, connection=services.redis, job_class=TrackedJob)
+        count = 0
+        # Started entries read "<job id>:<execution id>" in RQ 2; the job id comes first.
+        for job_id in registry.get_job_ids(cleanup=False):
+            try:
+                TrackedJob.fetch(job_id, connection=services.redis).delete()
+            except NoSuchJobError:
+                # Gone already (expired, or deleted by someone else): drop the stale entry.
+                registry.remove(job_id)
+                continue
+            count += 1
+        return jsonify(status="OK", count=count)
+
+    return empty_queue

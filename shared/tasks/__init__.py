@@ -77,6 +77,10 @@ def load(modules: tuple[str, ...] = ()) -> None:
 
 def get(name: str) -> Task:
     """Return the task `name`, or raise UnknownTaskError."""
+    if not _loaded:
+        # A process that did not load the catalog itself (RQ's plain `rq worker`, a user's own
+        # code): load it from the same settings the service's own processes read.
+        load(Settings.from_env().task_modules)
     try:
         return _tasks[name]
     except KeyError:
@@ -85,9 +89,5 @@ def get(name: str) -> Task:
 
 def run_task(name: str, payload: Payload) -> Any:
     """Run the task `name` on `payload` (the only function a job may name)."""
-    if not _loaded:
-        # A worker that did not load the catalog itself (RQ's plain `rq worker`): load it
-        # from the same settings the service's own processes read.
-        load(Settings.from_env().task_modules)
     found = get(name)
     return found.func(found.validate(payload))

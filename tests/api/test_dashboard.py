@@ -21,7 +21,7 @@ from shared import keys
 from shared.index import parse_transitions
 from shared.status import Status
 from tests.api.conftest import UNREACHABLE_REDIS
-from tests.helpers import AUTH, JOBS, JOBS_STATUS, assert_envelope, submit
+from tests.helpers import AUTH, JOBS, JOBS_STATUS, assert_envelope, indexed, submit
 
 PASSWORD = "dashboard-secret-42"
 QUEUES = "/dashboard/0/data/queues.json"
@@ -146,18 +146,55 @@ def test_json_lists_jobs_in_the_registries_rq_puts_them_in(
     assert (job["id"], job["status"]) == (done, "finished")
 
 
-def test_deleting_and_emptying_are_disabled_so_the_index_stays_true(
+def test_deleting_a_job_removes_it_from_rq_and_the_index(
     dash: FlaskClient, conn: redis.Redis, run_worker: Callable[..., Any]
 ) -> None:
-    """Delete and empty are a JSON 403 and leave the job, RQ's registry and the index alone."""
-    failed = submit(dash, "fail", {"message": "keep me"})
+    """The dashboard's delete removes the job, its registry entry and its index entry at once."""
+    failed = submit(dash, "fail", {"message": "delete me"})
+    kept = submit(dash, "fail", {"message": "keep me"})
     run_worker()
-    for path in (f"/dashboard/job/{failed}/delete", "/dashboard/queue/default/failed/empty"):
-        body = assert_envelope(dash.post(path, headers=LOGIN), 403)
-        assert body["message"].startswith("Deleting from the dashboard is disabled")
-    assert Job.fetch(failed, connection=conn).get_status() == JobStatus.FAILED
-    assert listed(dash, "failed") == [failed]
-    assert conn.zscore(keys.status_index_key(Status.FAILED), failed) is not None
+    resp = dash.post(f"/dashboard/job/{failed}/delete", headers=LOGIN)
+    assert resp.status_code == 200 and resp.get_json() == {"status": "OK"}
+    assert not conn.exists(keys.rq_job_key(failed))
+    assert listed(dash, "failed") == [kept]
+    assert indexed(conn, failed) is None
+    found = indexed(conn, kept)
+    assert found is not None and found[0] is Status.FAILED
+
+
+@pytest.mark.parametrize(
+    ("registry", "status"), [("queued", Status.QUEUED), ("failed", Status.FAILED)]
+)
+def test_emptying_removes_the_jobs_from_rq_and_the_index(
+    dash: FlaskClient,
+    conn: redis.Redis,
+    run_worker: Callable[..., Any],
+    registry: str,
+    status: Status,
+) -> None:
+    """Emptying the queue or a registry deletes its jobs in RQ and in the index, nothing else."""
+    if registry == "failed":
+        targets = [submit(dash, "fail", {"message": str(n)}) for n in range(3)]
+        run_worker()
+        other = submit(dash, "echo")
+    else:
+        other = submit(dash, "fail", {"message": "stays"})
+        run_worker()
+        targets = [submit(dash, "echo", {"n": n}) for n in range(3)]
+    resp = dash.post(f"/dashboard/queue/default/{registry}/empty", headers=LOGIN)
+    assert resp.status_code == 200 and resp.get_json() == {"status": "OK", "count": 3}
+    assert listed(dash, registry) == []
+    for job_id in targets:
+        assert not conn.exists(keys.rq_job_key(job_id))
+        assert indexed(conn, job_id) is None
+    assert indexed(conn, other) is not None
+    assert conn.zcard(keys.status_index_key(status)) == 0
+
+
+def test_emptying_an_unknown_registry_is_a_json_404(dash: FlaskClient) -> None:
+    """An empty of a registry RQ does not have is refused with the envelope."""
+    body = assert_envelope(dash.post("/dashboard/queue/default/nothing/empty", headers=LOGIN), 404)
+    assert body["message"].startswith("Unknown registry")
 
 
 def test_a_requeue_from_the_dashboard_is_recorded_when_the_job_runs_again(

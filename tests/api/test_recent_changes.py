@@ -13,9 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from rq.job import JobStatus
 
-from api.context import EXTENSION
 from shared import keys
 from shared.index import StatusIndex
+from shared.job import TrackedJob
 from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from tests.helpers import (
@@ -88,8 +88,7 @@ def test_reports_every_status(
     run_worker()
     queued = submit(client, "echo")
     canceled = submit(client, "echo")
-    job_class = app.extensions[EXTENSION].job_class
-    job_class.fetch(canceled, connection=index.connection).cancel()
+    TrackedJob.fetch(canceled, connection=index.connection).cancel()
     record(index, "running-job", JobStatus.STARTED)
 
     body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 60}), 200)

@@ -8,9 +8,10 @@ import pytest
 import redis
 from rq.job import JobStatus
 
+from shared import index as index_module
 from shared import keys
 from shared.exceptions import IndexNotFoundError
-from shared.index import TRIM_BATCH, StatusIndex, WindowIds, parse_transitions
+from shared.index import FINAL_STATUSES, TRIM_BATCH, StatusIndex, WindowIds, parse_transitions
 from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from tests.helpers import indexed, record
@@ -45,8 +46,8 @@ RETENTION = 60
 MINUTE_US = 60 * MICROS
 
 
-def test_trim_expired_removes_old_entries_from_every_set(conn: redis.Redis) -> None:
-    """trim_expired removes entries older than the retention from all sets and keeps the rest."""
+def test_trim_expired_removes_old_final_entries_only(conn: redis.Redis) -> None:
+    """trim_expired removes final entries older than the retention; queued and running stay."""
     index = StatusIndex(conn, RETENTION)
     now = redis_time_micros(conn)
     for status in Status:
@@ -54,10 +55,13 @@ def test_trim_expired_removes_old_entries_from_every_set(conn: redis.Redis) -> N
             keys.status_index_key(status),
             {f"ancient-{status}": 1, f"old-{status}": now - 2 * MINUTE_US, f"new-{status}": now},
         )
-    assert index.trim_expired() == 2 * len(Status)
+    assert index.trim_expired() == 2 * len(FINAL_STATUSES)
     for status in Status:
         members = {m.decode() for m in conn.zrange(keys.status_index_key(status), 0, -1)}
-        assert members == {f"new-{status}"}
+        if status in FINAL_STATUSES:
+            assert members == {f"new-{status}"}, status
+        else:
+            assert members == {f"ancient-{status}", f"old-{status}", f"new-{status}"}, status
 
 
 def test_trim_expired_keeps_entries_inside_the_retention(conn: redis.Redis) -> None:
@@ -94,34 +98,25 @@ def test_trim_expired_is_bounded_by_max_batches(conn: redis.Redis) -> None:
     assert conn.zcard(key) == 0
 
 
-def test_record_trims_a_bounded_batch_of_the_set_it_writes(conn: redis.Redis) -> None:
-    """A record removes up to one batch of expired entries from its target set only."""
-    index = StatusIndex(conn, RETENTION)
+def test_record_never_trims(conn: redis.Redis) -> None:
+    """A record leaves every other entry alone, however old: trimming is maintenance's work."""
     done = keys.status_index_key(Status.DONE)
-    failed = keys.status_index_key(Status.FAILED)
-    conn.zadd(done, {f"old-{i}": 1_000 + i for i in range(TRIM_BATCH + 2)})
-    conn.zadd(failed, {"old-failed": 1_000})
-    record(index, "job-new", JobStatus.FINISHED)
-    assert conn.zcard(done) == 2 + 1
-    assert conn.zscore(done, "job-new") is not None
-    assert conn.zscore(failed, "old-failed") is not None
-    record(index, "job-newer", JobStatus.FINISHED)
-    members = {m.decode() for m in conn.zrange(done, 0, -1)}
-    assert members == {"job-new", "job-newer"}
+    conn.zadd(done, {"ancient": 1})
+    record(StatusIndex(conn, RETENTION), "job-new", JobStatus.FINISHED)
+    assert conn.zscore(done, "ancient") == 1
 
 
 def test_record_in_a_pipeline_joins_its_transaction(conn: redis.Redis) -> None:
     """A record on a MULTI pipeline writes nothing until EXEC, and nothing if discarded."""
-    index = StatusIndex(conn, RETENTION)
     with conn.pipeline() as pipe:
-        index.record("job-1", JobStatus.QUEUED, pipe)
+        index_module.record(pipe, "job-1", JobStatus.QUEUED)
         assert indexed(conn, "job-1") is None
         pipe.reset()
     assert indexed(conn, "job-1") is None
     assert not conn.exists(keys.rq_job_key("job-1"))
     with conn.pipeline() as pipe:
         pipe.set("other", "1")
-        index.record("job-1", JobStatus.QUEUED, pipe)
+        index_module.record(pipe, "job-1", JobStatus.QUEUED)
         pipe.execute()
     found = indexed(conn, "job-1")
     assert found is not None and found[0] is Status.QUEUED
@@ -195,11 +190,11 @@ def test_record_of_an_unchanged_status_is_not_a_transition(
 def test_discarded_pipeline_counts_no_transition(conn: redis.Redis, index: StatusIndex) -> None:
     """A record in a MULTI pipeline counts its transition only when the transaction commits."""
     with conn.pipeline() as pipe:
-        index.record("job-1", JobStatus.QUEUED, pipe)
+        index_module.record(pipe, "job-1", JobStatus.QUEUED)
         pipe.reset()
     assert transitions(conn) == {}
     with conn.pipeline() as pipe:
-        index.record("job-1", JobStatus.QUEUED, pipe)
+        index_module.record(pipe, "job-1", JobStatus.QUEUED)
         assert transitions(conn) == {}
         pipe.execute()
     assert transitions(conn) == {("new", "queued"): 1}

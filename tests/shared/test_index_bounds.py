@@ -11,7 +11,7 @@ from rq.job import JobStatus
 
 from shared import keys
 from shared.exceptions import IndexNotFoundError
-from shared.index import TRIM_BATCH, StatusIndex, window_start
+from shared.index import FINAL_STATUSES, TRIM_BATCH, StatusIndex, window_start
 from shared.redis import MICROS, time_micros
 from shared.status import Status
 from tests.helpers import record
@@ -123,37 +123,6 @@ def test_record_scores_the_entry_with_redis_time(
     assert fake.zscore(keys.status_index_key(Status.RUNNING), "job-1") == NOW_US
 
 
-def test_record_trim_keeps_the_entry_exactly_at_the_cutoff(
-    fake: fakeredis.FakeRedis, fake_index: StatusIndex
-) -> None:
-    """A record's trim keeps an entry scored exactly now - retention, removes one µs older."""
-    fake.zadd(DONE, {"at-cutoff": CUTOFF_US, "past-cutoff": CUTOFF_US - 1})
-    record(fake_index, "job-new", JobStatus.FINISHED)
-    assert members(fake, DONE) == {"at-cutoff", "job-new"}
-
-
-def test_record_trims_only_the_set_it_writes(
-    fake: fakeredis.FakeRedis, fake_index: StatusIndex
-) -> None:
-    """A record trims expired entries of its target set, never of the other four."""
-    failed = keys.status_index_key(Status.FAILED)
-    fake.zadd(failed, {"old-failed": CUTOFF_US - 1})
-    fake.zadd(DONE, {"old-done": CUTOFF_US - 1})
-    record(fake_index, "job-new", JobStatus.FINISHED)
-    assert members(fake, failed) == {"old-failed"}
-    assert members(fake, DONE) == {"job-new"}
-
-
-def test_one_record_trims_at_most_one_batch(
-    fake: fakeredis.FakeRedis, fake_index: StatusIndex
-) -> None:
-    """One record removes at most TRIM_BATCH (500) expired entries, oldest first."""
-    assert TRIM_BATCH == 500
-    fake.zadd(DONE, {f"old-{i}": CUTOFF_US - 1_000 + i for i in range(TRIM_BATCH + 1)})
-    record(fake_index, "job-new", JobStatus.FINISHED)
-    assert members(fake, DONE) == {f"old-{TRIM_BATCH}", "job-new"}
-
-
 def test_trim_expired_keeps_the_entry_exactly_at_the_cutoff(
     fake: fakeredis.FakeRedis, fake_index: StatusIndex
 ) -> None:
@@ -200,10 +169,11 @@ class CountingTrim:
 def test_trim_expired_runs_a_hundred_batches_per_set_by_default(
     fake_index: StatusIndex,
 ) -> None:
-    """By default trim_expired stops after 100 full batches per set, each with the retention."""
+    """By default trim_expired stops after 100 full batches per final set, with the retention."""
     trim = CountingTrim()
     fake_index._trim = trim  # type: ignore[assignment]
-    assert fake_index.trim_expired() == 100 * len(Status) * TRIM_BATCH
-    assert len(trim.calls) == 100 * len(Status)
-    assert {tuple(k) for k, _ in trim.calls} == {(key,) for key in keys.status_index_keys()}
+    assert fake_index.trim_expired() == 100 * len(FINAL_STATUSES) * TRIM_BATCH
+    assert len(trim.calls) == 100 * len(FINAL_STATUSES)
+    final_keys = {(keys.status_index_key(status),) for status in FINAL_STATUSES}
+    assert {tuple(k) for k, _ in trim.calls} == final_keys
     assert all(args == [RETENTION, TRIM_BATCH] for _, args in trim.calls)

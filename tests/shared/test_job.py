@@ -14,7 +14,7 @@ from rq.job import Job, JobStatus
 
 from shared import keys
 from shared.index import StatusIndex
-from shared.job import log_transition, tracked_job_class
+from shared.job import TrackedJob, log_transition
 from shared.status import Status
 from tests.helpers import indexed
 
@@ -23,7 +23,7 @@ def test_set_status_on_an_empty_pipeline_waits_for_its_exec(
     conn: redis.Redis, index: StatusIndex
 ) -> None:
     """set_status given a fresh (empty, so falsy) pipeline writes nothing until EXEC."""
-    job = tracked_job_class(index)(id="job-1", connection=conn)
+    job = TrackedJob(id="job-1", connection=conn)
     with conn.pipeline() as pipe:
         assert len(pipe) == 0
         job.set_status(JobStatus.FAILED, pipeline=pipe)
@@ -39,7 +39,7 @@ def test_set_status_without_a_pipeline_writes_at_once(
     conn: redis.Redis, index: StatusIndex
 ) -> None:
     """set_status with no pipeline records the status immediately, in RQ and the index."""
-    job = tracked_job_class(index)(id="job-2", connection=conn)
+    job = TrackedJob(id="job-2", connection=conn)
     job.set_status(JobStatus.CANCELED)
     found = indexed(conn, "job-2")
     assert found is not None and found[0] is Status.CANCELED
@@ -52,7 +52,7 @@ CALLBACKS = ["success", "failure", "stopped"]
 @pytest.fixture
 def job(fake: fakeredis.FakeRedis) -> Job:
     """Return a tracked job on fakeredis (nothing is written)."""
-    return tracked_job_class(StatusIndex(fake, 60))(id="job-1", connection=fake)
+    return TrackedJob(id="job-1", connection=fake)
 
 
 @pytest.mark.parametrize("kind", CALLBACKS)

@@ -28,6 +28,7 @@ from tests.helpers import (
     service_env,
     submit,
     wait_for,
+    work_horses,
 )
 from worker.main import TrackingMixin
 
@@ -76,7 +77,7 @@ def test_killed_work_horse_fails_the_job(
     job = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="fork")
     wait_for(proc, lambda: observe(job.id) == (Status.RUNNING, JobStatus.STARTED))
-    horses = wait_for(proc, lambda: child_pids(proc.popen.pid))
+    horses = wait_for(proc, lambda: work_horses(proc.popen.pid))
     assert isinstance(horses, list) and len(horses) == 1
     os.kill(horses[0], signal.SIGKILL)
 
@@ -157,7 +158,8 @@ def test_simple_worker_runs_jobs_in_its_own_process(
     job = queue.enqueue(RUNNER, "sleep", {"seconds": 60})
     proc = worker_process(WORKER_CLASS="simple")
     wait_for(proc, lambda: observe(job.id) == (Status.RUNNING, JobStatus.STARTED))
-    assert child_pids(proc.popen.pid) == []
+    assert work_horses(proc.popen.pid) == []
+    assert child_pids(proc.popen.pid), "the scheduler and the repair loop run beside it"
 
 
 def test_worker_process_runs_tasks_from_task_modules(

@@ -1,0 +1,129 @@
+"""The RQ queue class both sides use: its jobs are tracked, and emptying it empties the index too.
+
+Module-level, so RQ's own tools can name it: `rq empty --queue-class shared.queue.TrackedQueue`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rq import Queue
+from rq.job import Job
+from rq.utils import import_attribute
+
+from shared import keys, tasks
+from shared.job import TrackedJob
+from shared.status import Status
+
+# How many waiting jobs one step of `empty()` removes: small enough never to block Redis.
+EMPTY_BATCH = 500
+
+# Keep the enqueue made just before, in the same MULTI, only while the queue stays within its
+# limit. Guarantees, atomically and without retries: the queue never holds more than ARGV[2]
+# jobs, and a refused job leaves no trace - its id leaves the list (RQ pushed it last, in this
+# transaction, so it is the tail, or the head for ARGV[3] = "1"), its hash is deleted, its
+# queued entry leaves the index and the "new:queued" transition it counted is taken back.
+# Returns the queue length after the enqueue, or minus the length found when refused.
+# KEYS: queue list, job hash, transitions hash, queued index set. ARGV: job id, limit, at_front.
+GATE_LUA = f"""
+local length = redis.call('LLEN', KEYS[1])
+if length <= tonumber(ARGV[2]) then return length end
+if ARGV[3] == '1' then redis.call('LPOP', KEYS[1]) else redis.call('RPOP', KEYS[1]) end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('HINCRBY', KEYS[3], 'new:{Status.QUEUED.value}', -1) <= 0 then
+  redis.call('HDEL', KEYS[3], 'new:{Status.QUEUED.value}')
+end
+return -(length - 1)
+"""
+
+# Remove up to ARGV[2] waiting jobs from the head of the queue KEYS[1], as RQ's own `empty()`
+# does (the job hash and its dependency keys, under the job key prefix ARGV[1]), and their
+# entries from the index sets KEYS[2..]; return how many went. Each call is one atomic step,
+# so RQ and the index agree between calls, and no call blocks Redis for long.
+EMPTY_LUA = """
+local ids = redis.call('LPOP', KEYS[1], ARGV[2])
+if not ids then return 0 end
+for _, id in ipairs(ids) do
+  local job = ARGV[1] .. id
+  redis.call('DEL', job, job .. ':dependents', job .. ':dependencies')
+  for i = 2, #KEYS do redis.call('ZREM', KEYS[i], id) end
+end
+return #ids
+"""
+
+
+class QueueFullError(Exception):
+    """The queue already holds its maximum number of waiting jobs."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"queue holds {length} waiting jobs")
+        self.length = length
+
+
+class TrackedQueue(Queue):
+    """An RQ queue of tracked jobs, with a bounded enqueue and an `empty()` the index follows."""
+
+    job_class = TrackedJob
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # RQ's command line passes its default job class explicitly; a tracked queue keeps
+        # tracked jobs whatever it is given, or the index would never hear of them.
+        job_class = kwargs.get("job_class")
+        if job_class is None or not issubclass(_job_class(job_class), TrackedJob):
+            kwargs["job_class"] = TrackedJob
+        super().__init__(*args, **kwargs)
+
+    def enqueue_task(self, name: str, payload: tasks.Payload, **options: Any) -> Job:
+        """Enqueue the catalog's task `name` on `payload`; `options` are RQ's enqueue options."""
+        task = tasks.get(name)
+        meta = {"task": task.name, "progress": 0, **options.pop("meta", {})}
+        return self.enqueue(tasks.RUNNER, task.name, task.validate(payload), meta=meta, **options)
+
+    def enqueue_bounded(self, job: Job, max_length: int, at_front: bool = False) -> int:
+        """Enqueue the new `job` unless the queue holds `max_length` waiting jobs (0: no limit).
+
+        Return the queue length right after the enqueue, or raise QueueFullError. The check and
+        RQ's own enqueue run in one MULTI that never retries, exact under any concurrency.
+        """
+        with self.connection.pipeline() as pipe:
+            self.enqueue_job(job, pipeline=pipe, at_front=at_front)
+            if not max_length:
+                pipe.llen(self.key)
+                return int(pipe.execute()[-1])
+            gate_keys = [
+                self.key,
+                job.key,
+                keys.transitions_key(),
+                keys.status_index_key(Status.QUEUED),
+            ]
+            pipe.eval(GATE_LUA, len(gate_keys), *gate_keys, job.id, max_length, int(at_front))
+            length = int(pipe.execute()[-1])
+        if length < 0:
+            raise QueueFullError(-length)
+        return length
+
+    def empty(self) -> int:
+        """Remove every waiting job from RQ and from the index, a bounded batch at a time."""
+        script_keys = [self.key, *keys.status_index_keys()]
+        removed = 0
+        while True:
+            count = int(
+                self.connection.eval(
+                    EMPTY_LUA,
+                    len(script_keys),
+                    *script_keys,
+                    self.job_class.redis_job_namespace_prefix,
+                    EMPTY_BATCH,
+                )
+            )
+            removed += count
+            if count < EMPTY_BATCH:
+                return removed
+
+
+def _job_class(job_class: type[Job] | str) -> type[Job]:
+    if isinstance(job_class, str):
+        imported: type[Job] = import_attribute(job_class)  # type: ignore[assignment]
+        return imported
+    return job_class

@@ -1,0 +1,231 @@
+"""The drift repair pass against real Redis: every kind of drift, its bounds and its lease."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.registry import FinishedJobRegistry
+from rq.utils import utcformat
+
+from shared import keys
+from shared.index import StatusIndex, parse_transitions
+from shared.queue import TrackedQueue
+from shared.redis import redis_time_micros
+from shared.status import Status
+from shared.tasks import RUNNER
+from tests.helpers import indexed, record
+from worker import repair
+from worker.main import TrackingMixin
+
+
+def status_of(conn: redis.Redis, job_id: str) -> Status | None:
+    """Return the job's index status, or None when it is not indexed."""
+    found = indexed(conn, job_id)
+    return None if found is None else found[0]
+
+
+def test_a_job_rq_no_longer_has_leaves_the_index(
+    conn: redis.Redis, index: StatusIndex, queue: TrackedQueue
+) -> None:
+    """An entry whose job hash is gone is removed, whatever its status; others stay."""
+    gone = queue.enqueue(RUNNER, "echo", {})
+    kept = queue.enqueue(RUNNER, "echo", {})
+    record(index, "never-in-rq", JobStatus.FINISHED)
+    conn.delete(gone.key, keys.rq_job_key("never-in-rq"))
+    report = repair.repair_pass(index)
+    assert report.counts == {"removed": 2, "moved": 0, "added": 0}
+    assert status_of(conn, gone.id) is None
+    assert status_of(conn, "never-in-rq") is None
+    assert status_of(conn, kept.id) is Status.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("rq_status", "expected"),
+    [
+        (JobStatus.CANCELED, Status.CANCELED),
+        (JobStatus.STOPPED, Status.CANCELED),
+        (JobStatus.STARTED, Status.RUNNING),
+        (JobStatus.FINISHED, Status.DONE),
+        (JobStatus.FAILED, Status.FAILED),
+        (JobStatus.SCHEDULED, Status.QUEUED),
+        (JobStatus.DEFERRED, Status.QUEUED),
+    ],
+)
+def test_a_job_whose_rq_status_differs_moves_and_counts(
+    conn: redis.Redis,
+    index: StatusIndex,
+    queue: TrackedQueue,
+    rq_status: JobStatus,
+    expected: Status,
+) -> None:
+    """A status written behind the index's back moves the entry, scored now, counted once."""
+    job = queue.enqueue(RUNNER, "echo", {})
+    record(index, job.id, JobStatus.QUEUED)
+    if expected is Status.QUEUED:
+        # Start from another status, so that the repair has something to move.
+        record(index, job.id, JobStatus.FAILED)
+    conn.hset(job.key, "status", rq_status.value)
+    before = redis_time_micros(conn)
+    report = repair.repair_pass(index)
+    assert report.counts["moved"] == 1
+    found = indexed(conn, job.id)
+    assert found is not None and found[0] is expected
+    assert found[1] >= before
+    counts = parse_transitions(conn.hgetall(keys.transitions_key()))
+    source = "failed" if expected is Status.QUEUED else "queued"
+    assert counts[(source, expected.value)] == 1
+    assert repair.repair_pass(index).changed == 0
+
+
+def test_a_plain_enqueue_is_added_from_the_queue_list(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """A job RQ's plain classes enqueued (unknown to the index) is added as queued."""
+    job = Queue("default", connection=conn).enqueue(RUNNER, "echo", {})
+    assert status_of(conn, job.id) is None
+    report = repair.repair_pass(index)
+    assert report.counts == {"removed": 0, "moved": 0, "added": 1}
+    assert status_of(conn, job.id) is Status.QUEUED
+    counts = parse_transitions(conn.hgetall(keys.transitions_key()))
+    assert counts == {("new", "queued"): 1}
+
+
+def test_jobs_found_in_every_registry_are_added(
+    conn: redis.Redis, index: StatusIndex, run_worker: Callable[..., TrackingMixin]
+) -> None:
+    """Jobs that only RQ's plain classes touched are found in its registries, with RQ's status."""
+    plain = Queue("default", connection=conn)
+    done = plain.enqueue(RUNNER, "echo", {})
+    failed = plain.enqueue(RUNNER, "fail", {"message": "x"})
+    run_worker()
+    for job_id in (done.id, failed.id):
+        conn.zrem(keys.status_index_key(Status.DONE), job_id)
+        conn.zrem(keys.status_index_key(Status.FAILED), job_id)
+    scheduled = plain.enqueue_in(dt.timedelta(hours=1), RUNNER, "echo", {})
+    started = plain.enqueue(RUNNER, "echo", {})
+    plain.remove(started.id)
+    started.set_status(JobStatus.STARTED)
+    conn.zadd(f"rq:wip:{plain.name}", {f"{started.id}:execution-1": 1})
+    canceled = plain.enqueue(RUNNER, "echo", {})
+    canceled.cancel()
+    repair.repair_pass(index)
+    assert status_of(conn, done.id) is Status.DONE
+    assert status_of(conn, failed.id) is Status.FAILED
+    assert status_of(conn, scheduled.id) is Status.QUEUED
+    assert status_of(conn, started.id) is Status.RUNNING
+    assert status_of(conn, canceled.id) is Status.CANCELED
+
+
+def test_a_final_job_older_than_the_retention_is_not_added_back(
+    conn: redis.Redis, queue: TrackedQueue
+) -> None:
+    """A finished job whose latest timestamp is past the retention stays out of the index."""
+    index = StatusIndex(conn, 3600)
+    old, recent = (Queue("default", connection=conn).enqueue(RUNNER, "echo", {}) for _ in "ab")
+    long_ago = utcformat(dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
+    for job in (old, recent):
+        conn.lrem(queue.key, 0, job.id)
+        FinishedJobRegistry("default", connection=conn).add(job, -1)
+        conn.hset(job.key, "status", JobStatus.FINISHED.value)
+    conn.hset(old.key, mapping={"created_at": long_ago, "enqueued_at": long_ago})
+    conn.hset(old.key, mapping={"ended_at": long_ago})
+    repair.repair_pass(index)
+    assert status_of(conn, old.id) is None
+    assert status_of(conn, recent.id) is Status.DONE
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("1970-01-01T00:00:00.000000Z", 0),
+        ("2000-02-29T12:34:56.5Z", 951827696),
+        ("2026-11-30T07:45:00.123456Z", 1796024700),
+        ("2024-12-31T23:59:59Z", 1735689599),
+        ("2100-03-01T00:00:00Z", 4107542400),
+    ],
+)
+def test_lua_reads_rq_timestamps_as_python_does(
+    conn: redis.Redis, stamp: str, expected: int
+) -> None:
+    """The script's date arithmetic agrees with Python's for RQ's timestamp format."""
+    assert int(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()) == expected
+    script = repair.REPAIR_LUA.split("local function recent")[0]
+    probe = script + "\nreturn epoch_seconds(ARGV[6])"
+    keys_ = [*keys.status_index_keys(), keys.transitions_key(), "unused"]
+    got = conn.eval(probe, len(keys_), *keys_, "rq:job:", 60, "0", 1, "zset", stamp)
+    assert got == expected
+
+
+def test_non_final_entries_are_never_trimmed_while_rq_holds_them(
+    conn: redis.Redis, queue: TrackedQueue
+) -> None:
+    """A scheduled job older than the retention stays queued; an old done entry is trimmed."""
+    index = StatusIndex(conn, 60)
+    waiting = queue.enqueue_in(dt.timedelta(days=30), RUNNER, "echo", {})
+    conn.zadd(keys.status_index_key(Status.QUEUED), {waiting.id: 1})
+    # RQ still keeps the finished job (result_ttl -1); the index keeps it for the retention only.
+    record(index, "ancient-done", JobStatus.FINISHED)
+    conn.zadd(keys.status_index_key(Status.DONE), {"ancient-done": 1})
+    report = repair.repair_pass(index)
+    assert report.trimmed == 1
+    assert conn.zscore(keys.status_index_key(Status.QUEUED), waiting.id) == 1
+    assert status_of(conn, "ancient-done") is None
+
+
+def test_each_call_is_bounded_by_the_batch(conn: redis.Redis, index: StatusIndex) -> None:
+    """A pass over N index entries makes about N / batch calls of at most `batch` ids each."""
+    queued = keys.status_index_key(Status.QUEUED)
+    conn.zadd(queued, {f"ghost-{n}": n for n in range(1000)})
+    report = repair.repair_pass(index, batch=100)
+    assert report.counts["removed"] == 1000
+    assert report.checked >= 1000
+    # Five index sets at least once each; the large one in about ten steps (ZSCAN's COUNT is a
+    # hint, so allow some slack), and no queue or registry exists yet.
+    assert 5 + 9 <= report.calls <= 5 + 20
+
+
+def test_the_pass_counts_repairs_in_redis(conn: redis.Redis, index: StatusIndex) -> None:
+    """Each pass adds what it removed, moved and added to the repairs hash."""
+    record(index, "ghost", JobStatus.QUEUED)
+    conn.delete(keys.rq_job_key("ghost"))
+    repair.repair_pass(index)
+    repair.repair_pass(index)
+    assert conn.hgetall(keys.repairs_key()) == {b"removed": b"1", b"moved": b"0", b"added": b"0"}
+
+
+def test_the_lease_lets_one_pass_start_per_interval(conn: redis.Redis, index: StatusIndex) -> None:
+    """Two repairers due at once: one runs a pass, the other waits for the lease to expire."""
+    assert repair.repair_when_due(index, 30, "worker-a") is not None
+    assert repair.repair_when_due(index, 30, "worker-b") is None
+    assert conn.get(keys.repair_lease_key()) == b"worker-a"
+    assert 28 <= conn.ttl(keys.repair_lease_key()) <= 30
+    conn.delete(keys.repair_lease_key())
+    assert repair.repair_when_due(index, 30, "worker-b") is not None
+
+
+def test_a_job_being_written_without_status_is_left_alone(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """A job hash without a status field (half-written by someone) is neither removed nor moved."""
+    record(index, "half", JobStatus.QUEUED)
+    conn.hdel(keys.rq_job_key("half"), "status")
+    conn.hset(keys.rq_job_key("half"), "origin", "default")
+    assert repair.repair_pass(index).changed == 0
+    assert status_of(conn, "half") is Status.QUEUED
+
+
+def test_plain_job_classes_are_untouched_by_the_repair(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """The repair reads RQ, never writes it: RQ's job hash is byte for byte the same after."""
+    job = Job.create(RUNNER, args=("echo", {}), connection=conn)
+    job.save()
+    Queue("default", connection=conn).enqueue_job(job)
+    before = conn.hgetall(job.key)
+    repair.repair_pass(index)
+    assert conn.hgetall(job.key) == before

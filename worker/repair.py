@@ -1,0 +1,249 @@
+"""Drift repair: bring the status index back to what RQ says, whatever changed RQ behind its back.
+
+The service's own classes keep the index exact at once. RQ's plain classes, the `rq` command,
+rq-dashboard or a user's own code may not; a repair pass then puts every job right within one
+interval (docs/reliability.md):
+
+- a job the index lists but RQ no longer has leaves the index;
+- a job whose status in RQ maps to another index status moves there;
+- a job RQ holds in a queue or registry but the index lacks is added (a final one only while
+  its latest change lies within the retention, or the trim would only remove it again).
+
+A pass walks the five index sets, then each of RQ's queues and registries, in bounded steps:
+each step is one Lua script call over at most REPAIR_BATCH ids, so no command blocks Redis for
+long, and each id is checked against RQ's own `status` field inside the script, atomically.
+A repaired entry is scored with the Redis time of its repair, like any recorded change: a poller
+sees it as a change, once. Passes start at most once per `REPAIR_INTERVAL` across every worker
+(a lease in Redis); `python -m worker` runs them in a child process of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.job import Job
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
+from shared import keys
+from shared.index import FINAL_STATUSES, STATUSES, StatusIndex
+from shared.logs import configure_logging
+from shared.redis import connect
+from shared.settings import Settings
+from shared.status import FROM_RQ
+
+logger = logging.getLogger(__name__)
+
+# Ids checked per script call: about a millisecond of Redis time (bench/repair.py).
+REPAIR_BATCH = 200
+# How often a repairer waiting for the lease looks again (s).
+LEASE_POLL = 1.0
+REPAIR_COUNTS = ("removed", "moved", "added")
+
+# Check up to ARGV[4] ids read from KEYS[7] from cursor ARGV[3], each against RQ's own status.
+# KEYS[7] is a sorted set (ARGV[5] "zset": an index set or an RQ registry, read with ZSCAN),
+# RQ's started registry ("wip": entries "<job id>:<execution id>") or a queue list ("list": read
+# by position). Guarantees, per id and atomically: the job's single index entry sits in the set
+# its RQ status maps to, or nowhere when RQ has no such job; a move or an addition is scored
+# now (Redis time) and counted in the transitions hash like any recorded change.
+# KEYS: the index sets in Status order, the transitions hash, the key to read.
+# ARGV: RQ's job key prefix, retention (s), cursor, count, kind.
+# Returns {next cursor ("0" at the end), ids read, removed, moved, added}.
+REPAIR_LUA = (
+    "local names = {"
+    + ", ".join(f"'{status.value}'" for status in STATUSES)
+    + "}\nlocal positions = {"
+    + ", ".join(f"['{rq.value}'] = {STATUSES.index(api) + 1}" for rq, api in FROM_RQ.items())
+    + "}\nlocal final = {"
+    + ", ".join("true" if status in FINAL_STATUSES else "false" for status in STATUSES)
+    + "}"
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local prefix, retention = ARGV[1], tonumber(ARGV[2])
+local removed, moved, added = 0, 0, 0
+
+-- Seconds since the epoch of one of RQ's timestamps ("2026-11-30T07:45:00.123456Z"), or nil.
+local function epoch_seconds(stamp)
+  local y, m, d, hh, mm, ss = string.match(stamp, '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)')
+  if not y then return nil end
+  y, m, d = tonumber(y), tonumber(m), tonumber(d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + tonumber(hh) * 3600 + tonumber(mm) * 60 + tonumber(ss)
+end
+
+-- Whether the latest timestamp RQ keeps for the job lies within the retention.
+local function recent(job)
+  local stamps = redis.call('HMGET', job, 'ended_at', 'started_at', 'enqueued_at', 'created_at')
+  for _, stamp in ipairs(stamps) do
+    local seconds = stamp and epoch_seconds(stamp)
+    if seconds and seconds * 1000000 >= now - retention * 1000000 then return true end
+  end
+  return false
+end
+
+local function reconcile(id)
+  local job = prefix .. id
+  local status = redis.call('HGET', job, 'status')
+  if not status then
+    -- A hash without a status is being written by someone: leave it to the next pass.
+    if redis.call('EXISTS', job) == 1 then return end
+    for i = 1, #names do removed = removed + redis.call('ZREM', KEYS[i], id) end
+    return
+  end
+  local position = positions[status]
+  if not position or redis.call('ZSCORE', KEYS[position], id) then return end
+  local from = nil
+  for i = 1, #names do
+    if i ~= position and redis.call('ZREM', KEYS[i], id) == 1 then from = names[i] end
+  end
+  if not from and final[position] and not recent(job) then return end
+  redis.call('ZADD', KEYS[position], string.format('%.0f', now), id)
+  redis.call('HINCRBY', KEYS[#names + 1], (from or 'new') .. ':' .. names[position], 1)
+  if from then moved = moved + 1 else added = added + 1 end
+end
+
+local source, kind, cursor, count = KEYS[#names + 2], ARGV[5], ARGV[3], tonumber(ARGV[4])
+local ids, next_cursor = {}, '0'
+if kind == 'list' then
+  local start = tonumber(cursor)
+  ids = redis.call('LRANGE', source, start, start + count - 1)
+  if #ids == count then next_cursor = tostring(start + count) end
+else
+  local reply = redis.call('ZSCAN', source, cursor, 'COUNT', count)
+  next_cursor = reply[1]
+  for i = 1, #reply[2], 2 do
+    local id = reply[2][i]
+    if kind == 'wip' then id = string.match(id, '^[^:]+') end
+    ids[#ids + 1] = id
+  end
+end
+for _, id in ipairs(ids) do reconcile(id) end
+return {next_cursor, #ids, removed, moved, added}
+"""
+)
+
+# RQ's registries of each queue, read like the index sets; the started one has its own entries.
+ZSET_REGISTRIES = (
+    FinishedJobRegistry,
+    FailedJobRegistry,
+    DeferredJobRegistry,
+    ScheduledJobRegistry,
+    CanceledJobRegistry,
+)
+
+
+@dataclass
+class PassReport:
+    """What one repair pass read, changed and cost."""
+
+    checked: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REPAIR_COUNTS, 0))
+    trimmed: int = 0
+    calls: int = 0
+    seconds: float = 0.0
+    longest_call_seconds: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        """Return how many entries the pass removed, moved or added."""
+        return sum(self.counts.values())
+
+
+def sources(connection: Redis) -> Iterator[tuple[str, str]]:
+    """Yield (key, kind) for the index sets, then every queue and registry RQ knows of."""
+    for key in keys.status_index_keys():
+        yield key, "zset"
+    for raw in sorted(connection.smembers(Queue.redis_queues_keys)):
+        queue_key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        name = queue_key.removeprefix(Queue.redis_queue_namespace_prefix)
+        yield queue_key, "list"
+        yield StartedJobRegistry.key_template.format(name), "wip"
+        for registry in ZSET_REGISTRIES:
+            yield registry.key_template.format(name), "zset"
+
+
+def repair_pass(index: StatusIndex, batch: int = REPAIR_BATCH) -> PassReport:
+    """Run one full repair pass over the index and RQ's queues and registries; report it."""
+    connection = index.connection
+    script = connection.register_script(REPAIR_LUA)
+    index_keys = [*keys.status_index_keys(), keys.transitions_key()]
+    report = PassReport()
+    started = time.perf_counter()
+    for source, kind in sources(connection):
+        cursor = "0"
+        while True:
+            call_started = time.perf_counter()
+            reply = script(
+                keys=[*index_keys, source],
+                args=[Job.redis_job_namespace_prefix, index.retention_seconds, cursor, batch, kind],
+            )
+            report.longest_call_seconds = max(
+                report.longest_call_seconds, time.perf_counter() - call_started
+            )
+            report.calls += 1
+            cursor = reply[0].decode()
+            report.checked += int(reply[1])
+            for name, value in zip(REPAIR_COUNTS, reply[2:], strict=True):
+                report.counts[name] += int(value)
+            if cursor == "0":
+                break
+    report.trimmed = index.trim_expired()
+    report.seconds = time.perf_counter() - started
+    if report.changed:
+        with connection.pipeline() as pipe:
+            for name, value in report.counts.items():
+                pipe.hincrby(keys.repairs_key(), name, value)
+            pipe.execute()
+    return report
+
+
+def repair_when_due(index: StatusIndex, interval: int, owner: str) -> PassReport | None:
+    """Run a pass if none started in the last `interval` seconds on any worker; report it."""
+    if not index.connection.set(keys.repair_lease_key(), owner, nx=True, ex=interval):
+        return None
+    report = repair_pass(index)
+    log = logger.info if report.changed else logger.debug
+    log(
+        "repair pass: %d ids checked, %d removed, %d moved, %d added, %d trimmed in %.2fs",
+        report.checked,
+        *report.counts.values(),
+        report.trimmed,
+        report.seconds,
+        extra={"repair": {**report.counts, "checked": report.checked, "s": report.seconds}},
+    )
+    return report
+
+
+def run_forever(settings: Settings) -> None:
+    """Repair the index every REPAIR_INTERVAL while the parent process lives (a child's loop)."""
+    configure_logging(settings.log_level, settings.log_format)
+    index = StatusIndex(connect(settings), settings.retention_seconds)
+    owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    parent = os.getppid()
+    # A parent killed outright cannot stop its children; this loop notices and ends.
+    while os.getppid() == parent:
+        try:
+            repair_when_due(index, settings.repair_interval, owner)
+        except RedisError as exc:
+            logger.warning("repair pass interrupted, Redis unreachable: %s", exc)
+        time.sleep(LEASE_POLL)
