@@ -13,7 +13,7 @@ from rq import Queue
 
 from api.request_metrics import PREFIX
 from shared import keys
-from shared.index import STATUSES, parse_transitions
+from shared.index import REPAIR_KINDS, STATUSES, parse_transitions
 from shared.redis import MICROS, time_micros
 from shared.status import Status
 
@@ -28,6 +28,7 @@ class RedisSnapshot:
     status_counts: dict[Status, int]
     transitions: dict[tuple[str, str], int]
     oldest_queued_age_seconds: float
+    repairs: dict[str, int]
 
 
 def read_snapshot(connection: Redis, queue_name: str) -> RedisSnapshot:
@@ -40,19 +41,21 @@ def read_snapshot(connection: Redis, queue_name: str) -> RedisSnapshot:
             pipe.zcard(keys.status_index_key(status))
         pipe.zrange(keys.status_index_key(Status.QUEUED), 0, 0, withscores=True)
         pipe.hgetall(keys.transitions_key())
+        pipe.hgetall(keys.repairs_key())
         for name in queue_names:
             pipe.llen(keys.rq_queue_key(name))
         replies = pipe.execute()
     now = time_micros(replies[0])
     counts = replies[1 : 1 + len(STATUSES)]
-    oldest, transitions = replies[1 + len(STATUSES) : 3 + len(STATUSES)]
-    depths = replies[3 + len(STATUSES) :]
+    oldest, transitions, repairs = replies[1 + len(STATUSES) : 4 + len(STATUSES)]
+    depths = replies[4 + len(STATUSES) :]
     age = max(0.0, (now - oldest[0][1]) / MICROS) if oldest else 0.0
     return RedisSnapshot(
         queue_depths={name: int(depth) for name, depth in zip(queue_names, depths, strict=True)},
         status_counts={status: int(n) for status, n in zip(STATUSES, counts, strict=True)},
         transitions=parse_transitions(transitions),
         oldest_queued_age_seconds=age,
+        repairs={kind.decode(): int(count) for kind, count in repairs.items()},
     )
 
 
@@ -86,7 +89,15 @@ def families(snapshot: RedisSnapshot | None) -> list[Metric]:
         "Seconds since the longest-waiting queued job was queued (Redis time); 0 when none.",
     )
     oldest.add_metric([], snapshot.oldest_queued_age_seconds)
-    return [up, depth, jobs, transitions, oldest]
+    repairs = CounterMetricFamily(
+        f"{PREFIX}index_repairs",
+        "Index entries the repair pass removed, moved or added because RQ was changed "
+        "behind the index's back (docs/reliability.md).",
+        labels=["kind"],
+    )
+    for kind in REPAIR_KINDS:
+        repairs.add_metric([kind], snapshot.repairs.get(kind, 0))
+    return [up, depth, jobs, transitions, oldest, repairs]
 
 
 class RedisCollector:

@@ -23,6 +23,8 @@ STATUSES = list(Status)
 # entry stays as long as RQ holds its job (docs/index-layout.md): the repair pass removes it
 # when RQ no longer has the job, never the clock.
 FINAL_STATUSES = (Status.DONE, Status.FAILED, Status.CANCELED)
+# What the repair pass (worker/repair.py) counts in the repairs hash, one field each.
+REPAIR_KINDS = ("removed", "moved", "added")
 # How many expired entries one trim step removes: small enough never to block Redis.
 TRIM_BATCH = 500
 

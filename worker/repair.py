@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from rq.registry import (
 )
 
 from shared import keys
-from shared.index import FINAL_STATUSES, STATUSES, StatusIndex
+from shared.index import FINAL_STATUSES, REPAIR_KINDS, STATUSES, StatusIndex
 from shared.logs import configure_logging
 from shared.redis import connect
 from shared.settings import Settings
@@ -52,7 +53,6 @@ logger = logging.getLogger(__name__)
 REPAIR_BATCH = 200
 # How often a repairer waiting for the lease looks again (s).
 LEASE_POLL = 1.0
-REPAIR_COUNTS = ("removed", "moved", "added")
 
 # Check up to ARGV[4] ids read from KEYS[7] from cursor ARGV[3], each against RQ's own status.
 # KEYS[7] is a sorted set (ARGV[5] "zset": an index set or an RQ registry, read with ZSCAN),
@@ -157,7 +157,7 @@ class PassReport:
     """What one repair pass read, changed and cost."""
 
     checked: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REPAIR_COUNTS, 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REPAIR_KINDS, 0))
     trimmed: int = 0
     calls: int = 0
     seconds: float = 0.0
@@ -203,7 +203,7 @@ def repair_pass(index: StatusIndex, batch: int = REPAIR_BATCH) -> PassReport:
             report.calls += 1
             cursor = reply[0].decode()
             report.checked += int(reply[1])
-            for name, value in zip(REPAIR_COUNTS, reply[2:], strict=True):
+            for name, value in zip(REPAIR_KINDS, reply[2:], strict=True):
                 report.counts[name] += int(value)
             if cursor == "0":
                 break
@@ -236,6 +236,9 @@ def repair_when_due(index: StatusIndex, interval: int, owner: str) -> PassReport
 
 def run_forever(settings: Settings) -> None:
     """Repair the index every REPAIR_INTERVAL while the parent process lives (a child's loop)."""
+    # Ctrl-C reaches the whole process group; the parent worker shuts down warmly, then ends
+    # this loop itself (SIGTERM).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_level, settings.log_format)
     index = StatusIndex(connect(settings), settings.retention_seconds)
     owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

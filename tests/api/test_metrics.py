@@ -7,10 +7,13 @@ from collections.abc import Callable
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from rq import Queue
+from rq.job import Job
 
 from shared.index import StatusIndex
 from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
+from shared.tasks import RUNNER
 from tests.helpers import (
     AUTH,
     AUTHENTICATE,
@@ -24,6 +27,7 @@ from tests.helpers import (
     wait_until,
 )
 from worker.main import TrackingMixin
+from worker.repair import repair_pass
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -172,3 +176,26 @@ def test_redis_down_still_answers_process_metrics(
         "toolkit_jobs_indexed_jobs",
         "toolkit_jobs_oldest_queued_age_seconds",
     }
+
+
+def test_repairs_are_counted_by_kind_and_metrics_follow_rq(
+    client: FlaskClient, conn: redis.Redis, index: StatusIndex
+) -> None:
+    """After RQ's plain delete and a repair pass, the job leaves the counts; repairs are counted."""
+    samples = scrape(client)
+    for kind in ("removed", "moved", "added"):
+        assert samples[("toolkit_jobs_index_repairs_total", (("kind", kind),))] == 0
+    deleted = submit(client, "echo")
+    canceled = submit(client, "echo")
+    Job.fetch(deleted, connection=conn).delete()
+    Job.fetch(canceled, connection=conn).cancel()
+    Queue("default", connection=conn).enqueue(RUNNER, "echo", {})
+    stale = scrape(client)
+    assert value(stale, "toolkit_jobs_indexed_jobs", status="queued") == 2
+    repair_pass(index)
+    samples = scrape(client)
+    assert value(samples, "toolkit_jobs_indexed_jobs", status="queued") == 1
+    assert value(samples, "toolkit_jobs_indexed_jobs", status="canceled") == 1
+    assert value(samples, "toolkit_jobs_queue_depth", queue="default") == 1
+    for kind in ("removed", "moved", "added"):
+        assert samples[("toolkit_jobs_index_repairs_total", (("kind", kind),))] == 1
