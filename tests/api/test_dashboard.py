@@ -13,15 +13,18 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from rq import Queue
 from rq.job import Job, JobStatus
 from werkzeug.test import TestResponse
 
 from api.dashboard.app import create_dashboard_app, display_url
 from shared import keys
-from shared.index import parse_transitions
+from shared.index import StatusIndex, parse_transitions
 from shared.status import Status
+from shared.tasks import RUNNER
 from tests.api.conftest import UNREACHABLE_REDIS
 from tests.helpers import AUTH, JOBS, JOBS_STATUS, assert_envelope, indexed, submit
+from worker.repair import repair_pass
 
 PASSWORD = "dashboard-secret-42"
 QUEUES = "/dashboard/0/data/queues.json"
@@ -421,3 +424,55 @@ def test_every_dashboard_route_needs_the_login(app: Flask) -> None:
             with client.open(path, method=method) as resp:
                 body = assert_envelope(resp, 401)
                 assert body["message"] == "Unauthorized", (path, method)
+
+
+def dashboard_counts(client: FlaskClient) -> dict[Status, int]:
+    """Return the default queue's job counts as the dashboard shows them, in API statuses."""
+    resp = client.get(QUEUES, headers=LOGIN)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    (queue,) = [q for q in resp.get_json()["queues"] if q["name"] == "default"]
+    return {
+        Status.QUEUED: queue["count"]
+        + queue["deferred_job_registry_count"]
+        + queue["scheduled_job_registry_count"],
+        Status.RUNNING: queue["started_job_registry_count"],
+        Status.DONE: queue["finished_job_registry_count"],
+        Status.FAILED: queue["failed_job_registry_count"],
+        Status.CANCELED: queue["canceled_job_registry_count"],
+    }
+
+
+def api_counts(client: FlaskClient) -> dict[Status, int]:
+    """Return the number of jobs per status the API's window of changes lists."""
+    body = assert_envelope(client.post(JOBS_STATUS, json={"since_seconds": 600}, headers=AUTH), 200)
+    statuses = list(body["response"].values())
+    return {status: statuses.count(status.value) for status in Status}
+
+
+def test_dashboard_counts_and_the_api_agree_after_every_operation(
+    dash: FlaskClient,
+    conn: redis.Redis,
+    index: StatusIndex,
+    run_worker: Callable[..., Any],
+) -> None:
+    """After the dashboard's actions (at once) and RQ's plain ones (after a repair) both agree."""
+    done = [submit(dash, "echo", {"n": n}) for n in range(3)]
+    failed = [submit(dash, "fail", {"message": str(n)}) for n in range(3)]
+    run_worker()
+    queued = [submit(dash, "echo", {"n": n}) for n in range(4)]
+    for path in (
+        f"/dashboard/job/{failed[0]}/delete",
+        f"/dashboard/job/{failed[1]}/requeue",
+        f"/dashboard/job/{queued[0]}/delete",
+    ):
+        assert dash.post(path, headers=LOGIN).status_code == 200, path
+    expected = {Status.QUEUED: 4, Status.RUNNING: 0, Status.DONE: 3, Status.FAILED: 1}
+    assert dashboard_counts(dash) == api_counts(dash) == {**expected, Status.CANCELED: 0}
+
+    Job.fetch(done[0], connection=conn).delete()
+    Job.fetch(queued[1], connection=conn).cancel()
+    Queue("default", connection=conn).enqueue(RUNNER, "echo", {})
+    assert dashboard_counts(dash) != api_counts(dash)
+    repair_pass(index)
+    expected = {Status.QUEUED: 4, Status.RUNNING: 0, Status.DONE: 2, Status.FAILED: 1}
+    assert dashboard_counts(dash) == api_counts(dash) == {**expected, Status.CANCELED: 1}
