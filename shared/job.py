@@ -55,13 +55,15 @@ class TrackedJob(Job):
         """Delete the job as RQ does and remove its index entry, in one transaction."""
         # RQ's own delete without a pipeline sends its commands one by one; ours always runs
         # them in a MULTI, so no reader sees the job gone from RQ but still in the index.
+        # RQ deletes the dependents through its plain Job class: their entries go here too.
+        gone = [self.id, *(self.dependent_ids if delete_dependents else [])]
         if pipeline is not None:
             super().delete(pipeline, remove_from_queue, delete_dependents)
-            index.forget(pipeline, self.id)
+            index.forget(pipeline, *gone)
             return
         with self.connection.pipeline() as own:
             super().delete(own, remove_from_queue, delete_dependents)
-            index.forget(own, self.id)
+            index.forget(own, *gone)
             own.execute()
 
     # Callbacks would be another way to name a function; the service never sets them, and
