@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import load, memory, peers, query, recording, submission
+from bench import load, memory, peers, query, recording, repair, submission
 from bench.harness import ROOT, Section, machine, table
 from tests.helpers import Process
 
@@ -21,6 +21,7 @@ SECTIONS: list[tuple[str, Callable[[Path, bool], Section]]] = [
     ("recording", recording.run),
     ("submission", submission.run),
     ("memory", memory.run),
+    ("repair", repair.run),
     ("peers", peers.run),
     ("load", load.run),
 ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import (
     CanceledJobRegistry,
     DeferredJobRegistry,
@@ -45,12 +45,16 @@ from shared.index import FINAL_STATUSES, REPAIR_KINDS, STATUSES, StatusIndex
 from shared.logs import configure_logging
 from shared.redis import connect
 from shared.settings import Settings
-from shared.status import FROM_RQ
+from shared.status import FROM_RQ, Status
 
 logger = logging.getLogger(__name__)
 
-# Ids checked per script call: about a millisecond of Redis time (bench/repair.py).
+# Ids checked per script call: under a millisecond of Redis time (bench/repair.py).
 REPAIR_BATCH = 200
+# The share of its own wall time a pass may keep Redis busy: after each call it rests half as
+# long as the call took, so other clients get at least a third of Redis, whatever the index
+# size, and a pass over 10^6 jobs still ends well within the bound (bench/repair.py).
+REPAIR_DUTY = 2 / 3
 # How often a repairer waiting for the lease looks again (s).
 LEASE_POLL = 1.0
 
@@ -60,8 +64,13 @@ LEASE_POLL = 1.0
 # by position). Guarantees, per id and atomically: the job's single index entry sits in the set
 # its RQ status maps to, or nowhere when RQ has no such job; a move or an addition is scored
 # now (Redis time) and counted in the transitions hash like any recorded change.
+# ARGV[6] is the index set (position) the source implies. Read from an index set, an id whose
+# RQ status maps to that very set is right without a ZSCORE; read from RQ's queue or registry,
+# an id already in the implied set is left to the index sets' own check, without an HGET:
+# each job then costs one lookup per source, not two.
 # KEYS: the index sets in Status order, the transitions hash, the key to read.
-# ARGV: RQ's job key prefix, retention (s), cursor, count, kind.
+# ARGV: RQ's job key prefix, retention (s), cursor, count, kind, implied position, "index"
+# when the source is an index set.
 # Returns {next cursor ("0" at the end), ids read, removed, moved, added}.
 REPAIR_LUA = (
     "local names = {"
@@ -101,7 +110,10 @@ local function recent(job)
   return false
 end
 
+local implied, from_index = tonumber(ARGV[6]), ARGV[7] == 'index'
+
 local function reconcile(id)
+  if not from_index and redis.call('ZSCORE', KEYS[implied], id) then return end
   local job = prefix .. id
   local status = redis.call('HGET', job, 'status')
   if not status then
@@ -111,7 +123,8 @@ local function reconcile(id)
     return
   end
   local position = positions[status]
-  if not position or redis.call('ZSCORE', KEYS[position], id) then return end
+  if not position or (from_index and position == implied) then return end
+  if redis.call('ZSCORE', KEYS[position], id) then return end
   local from = nil
   for i = 1, #names do
     if i ~= position and redis.call('ZREM', KEYS[i], id) == 1 then from = names[i] end
@@ -142,13 +155,14 @@ return {next_cursor, #ids, removed, moved, added}
 """
 )
 
-# RQ's registries of each queue, read like the index sets; the started one has its own entries.
+# RQ's registries of each queue, read like the index sets (the started one has its own entries),
+# and the RQ status of the jobs each holds.
 ZSET_REGISTRIES = (
-    FinishedJobRegistry,
-    FailedJobRegistry,
-    DeferredJobRegistry,
-    ScheduledJobRegistry,
-    CanceledJobRegistry,
+    (FinishedJobRegistry, JobStatus.FINISHED),
+    (FailedJobRegistry, JobStatus.FAILED),
+    (DeferredJobRegistry, JobStatus.DEFERRED),
+    (ScheduledJobRegistry, JobStatus.SCHEDULED),
+    (CanceledJobRegistry, JobStatus.CANCELED),
 )
 
 
@@ -169,37 +183,59 @@ class PassReport:
         return sum(self.counts.values())
 
 
-def sources(connection: Redis) -> Iterator[tuple[str, str]]:
-    """Yield (key, kind) for the index sets, then every queue and registry RQ knows of."""
-    for key in keys.status_index_keys():
-        yield key, "zset"
+@dataclass(frozen=True)
+class Source:
+    """A key a pass reads ids from: how to read it, and the status its ids should have."""
+
+    key: str
+    kind: str
+    implied: Status
+    is_index: bool = False
+
+
+def sources(connection: Redis) -> Iterator[Source]:
+    """Yield the index sets, then every queue and registry RQ knows of."""
+    for status in STATUSES:
+        yield Source(keys.status_index_key(status), "zset", status, is_index=True)
     for raw in sorted(connection.smembers(Queue.redis_queues_keys)):
         queue_key = raw.decode() if isinstance(raw, bytes) else str(raw)
         name = queue_key.removeprefix(Queue.redis_queue_namespace_prefix)
-        yield queue_key, "list"
-        yield StartedJobRegistry.key_template.format(name), "wip"
-        for registry in ZSET_REGISTRIES:
-            yield registry.key_template.format(name), "zset"
+        yield Source(queue_key, "list", Status.QUEUED)
+        yield Source(StartedJobRegistry.key_template.format(name), "wip", Status.RUNNING)
+        for registry, rq_status in ZSET_REGISTRIES:
+            yield Source(registry.key_template.format(name), "zset", FROM_RQ[rq_status])
 
 
-def repair_pass(index: StatusIndex, batch: int = REPAIR_BATCH) -> PassReport:
+def repair_pass(
+    index: StatusIndex, batch: int = REPAIR_BATCH, duty: float = REPAIR_DUTY
+) -> PassReport:
     """Run one full repair pass over the index and RQ's queues and registries; report it."""
     connection = index.connection
     script = connection.register_script(REPAIR_LUA)
     index_keys = [*keys.status_index_keys(), keys.transitions_key()]
     report = PassReport()
     started = time.perf_counter()
-    for source, kind in sources(connection):
+    for source in sources(connection):
+        implied = STATUSES.index(source.implied) + 1
         cursor = "0"
         while True:
             call_started = time.perf_counter()
             reply = script(
-                keys=[*index_keys, source],
-                args=[Job.redis_job_namespace_prefix, index.retention_seconds, cursor, batch, kind],
+                keys=[*index_keys, source.key],
+                args=[
+                    Job.redis_job_namespace_prefix,
+                    index.retention_seconds,
+                    cursor,
+                    batch,
+                    source.kind,
+                    implied,
+                    "index" if source.is_index else "rq",
+                ],
             )
-            report.longest_call_seconds = max(
-                report.longest_call_seconds, time.perf_counter() - call_started
-            )
+            took = time.perf_counter() - call_started
+            report.longest_call_seconds = max(report.longest_call_seconds, took)
+            if duty < 1:
+                time.sleep(took * (1 - duty) / duty)
             report.calls += 1
             cursor = reply[0].decode()
             report.checked += int(reply[1])

@@ -155,9 +155,9 @@ def test_lua_reads_rq_timestamps_as_python_does(
     """The script's date arithmetic agrees with Python's for RQ's timestamp format."""
     assert int(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()) == expected
     script = repair.REPAIR_LUA.split("local function recent")[0]
-    probe = script + "\nreturn epoch_seconds(ARGV[6])"
+    probe = script + "\nreturn epoch_seconds(ARGV[8])"
     keys_ = [*keys.status_index_keys(), keys.transitions_key(), "unused"]
-    got = conn.eval(probe, len(keys_), *keys_, "rq:job:", 60, "0", 1, "zset", stamp)
+    got = conn.eval(probe, len(keys_), *keys_, "rq:job:", 60, "0", 1, "zset", 1, "index", stamp)
     assert got == expected
 
 
