@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.harness import ROOT, ApiClient, fill_index, private_redis, repeat, table
+from bench.harness import ROOT, ApiClient, fill_index, keep_logs, private_redis, repeat, table
 from shared.settings import Settings
 from shared.wiring import build_services
 from tests.helpers import BIN, free_port, service_env
@@ -160,5 +160,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_logs()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

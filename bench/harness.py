@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import time
@@ -21,10 +22,20 @@ import redis
 from shared import keys
 from shared.index import StatusIndex
 from shared.redis import redis_time_micros
-from tests.helpers import API_KEY, RedisServer, free_port, service_env, start_api
+from tests.helpers import API_KEY, Process, RedisServer, free_port, service_env, start_api
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "bench"
+LOGS = ROOT / "bench" / "out" / "logs"
+
+
+def keep_logs() -> Path:
+    """Send the logs of every process a benchmark starts to bench/out/logs, emptied first."""
+    # Kept for a look after a failed run, and never in the system's temporary directory.
+    shutil.rmtree(LOGS, ignore_errors=True)
+    LOGS.mkdir(parents=True)
+    Process.log_dir = LOGS
+    return LOGS
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from rq.job import JobStatus
 
-from bench.harness import Section, fill_index, private_redis, table
+from bench.harness import Section, fill_index, keep_logs, private_redis, table
 from shared import keys
 from shared.index import record
 from shared.status import Status
@@ -98,6 +98,7 @@ def _usage(conn: Any) -> int:
 
 
 if __name__ == "__main__":
+    keep_logs()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()

@@ -44,6 +44,7 @@ from bench.harness import (
     Sample,
     Section,
     api_process,
+    keep_logs,
     private_redis,
     repeat,
     table,
@@ -521,4 +522,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    keep_logs()
     main()

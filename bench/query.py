@@ -18,6 +18,7 @@ from bench.harness import (
     Section,
     api_process,
     fill_index,
+    keep_logs,
     private_redis,
     repeat,
     table,
@@ -208,6 +209,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> Path | None:
 
 
 if __name__ == "__main__":
+    keep_logs()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()

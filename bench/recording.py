@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from rq import Queue, SimpleWorker, Worker
 
-from bench.harness import ROOT, Section, private_redis, table
+from bench.harness import ROOT, Section, keep_logs, private_redis, table
 from shared.settings import Settings
 from shared.tasks import RUNNER
 from shared.wiring import build_services
@@ -114,6 +114,7 @@ def _section(results: dict[str, dict[str, list[float]]], smoke: bool) -> Section
 
 
 if __name__ == "__main__":
+    keep_logs()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("SIDE", "KIND", "REDIS_URL"))

@@ -20,7 +20,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry
 from rq.utils import utcformat
 
-from bench.harness import Section, private_redis, table
+from bench.harness import Section, keep_logs, private_redis, table
 from shared import keys
 from shared.index import STATUSES, TRIM_LUA, StatusIndex
 from shared.redis import redis_time_micros
@@ -462,6 +462,7 @@ def _section(
 
 
 if __name__ == "__main__":
+    keep_logs()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()

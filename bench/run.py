@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, memory, peers, query, recording, repair, submission
-from bench.harness import ROOT, Section, machine, table
-from tests.helpers import Process
+from bench.harness import ROOT, Section, keep_logs, machine, table
 
 SECTIONS: list[tuple[str, Callable[[Path, bool], Section]]] = [
     ("query", query.run),
@@ -37,12 +36,7 @@ def main() -> None:
 
     results: dict[str, Section] = {}
     timings: dict[str, float] = {}
-    # Every process a benchmark starts logs here (kept for a look after a failed run), never in
-    # the system's temporary directory.
-    logs = ROOT / "bench" / "out" / "logs"
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    Process.log_dir = logs
+    keep_logs()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         for name, fn in chosen:
             print(f"== {name}", flush=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from rq import Queue
 
-from bench.harness import Section, api_process, private_redis, table, wrk
+from bench.harness import Section, api_process, keep_logs, private_redis, table, wrk
 from shared.settings import Settings
 from shared.tasks import RUNNER
 from shared.wiring import build_services
@@ -92,6 +92,7 @@ def _job(queue: Queue) -> Any:
 
 
 if __name__ == "__main__":
+    keep_logs()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
