@@ -59,18 +59,18 @@ REPAIR_DUTY = 2 / 3
 LEASE_POLL = 1.0
 
 # Check up to ARGV[4] ids read from KEYS[7] from cursor ARGV[3], each against RQ's own status.
-# KEYS[7] is a sorted set (ARGV[5] "zset": an index set or an RQ registry, read with ZSCAN),
-# RQ's started registry ("wip": entries "<job id>:<execution id>") or a queue list ("list": read
-# by position). Guarantees, per id and atomically: the job's single index entry sits in the set
-# its RQ status maps to, or nowhere when RQ has no such job; a move or an addition is scored
-# now (Redis time) and counted in the transitions hash like any recorded change.
+# ARGV[5] says what KEYS[7] is: "index", an index set, or "registry", one of RQ's registries
+# (sorted sets, read with ZSCAN); "wip", RQ's started registry (entries "<job id>:<execution
+# id>"); "list", a queue (read by position). Guarantees, per id and atomically: the job's single
+# index entry sits in the set its RQ status maps to, or nowhere when RQ has no such job; a move
+# or an addition is scored now (Redis time) and counted in the transitions hash like any
+# recorded change.
 # ARGV[6] is the index set (position) the source implies. Read from an index set, an id whose
 # RQ status maps to that very set is right without a ZSCORE; read from RQ's queue or registry,
 # an id already in the implied set is left to the index sets' own check, without an HGET:
 # each job then costs one lookup per source, not two.
 # KEYS: the index sets in Status order, the transitions hash, the key to read.
-# ARGV: RQ's job key prefix, retention (s), cursor, count, kind, implied position, "index"
-# when the source is an index set.
+# ARGV: RQ's job key prefix, retention (s), cursor, count, kind, implied position.
 # Returns {next cursor ("0" at the end), ids read, removed, moved, added}.
 REPAIR_LUA = (
     "local names = {"
@@ -110,7 +110,7 @@ local function recent(job)
   return false
 end
 
-local implied, from_index = tonumber(ARGV[6]), ARGV[7] == 'index'
+local implied, from_index = tonumber(ARGV[6]), ARGV[5] == 'index'
 
 local function reconcile(id)
   if not from_index and redis.call('ZSCORE', KEYS[implied], id) then return end
@@ -141,7 +141,7 @@ if kind == 'list' then
   local start = tonumber(cursor)
   ids = redis.call('LRANGE', source, start, start + count - 1)
   if #ids == count then next_cursor = tostring(start + count) end
-else
+elseif kind == 'index' or kind == 'registry' or kind == 'wip' then
   local reply = redis.call('ZSCAN', source, cursor, 'COUNT', count)
   next_cursor = reply[1]
   for i = 1, #reply[2], 2 do
@@ -149,6 +149,8 @@ else
     if kind == 'wip' then id = string.match(id, '^[^:]+') end
     ids[#ids + 1] = id
   end
+else
+  return redis.error_reply('unknown source kind ' .. kind)
 end
 for _, id in ipairs(ids) do reconcile(id) end
 return {next_cursor, #ids, removed, moved, added}
@@ -175,6 +177,7 @@ class PassReport:
     trimmed: int = 0
     calls: int = 0
     seconds: float = 0.0
+    busy_seconds: float = 0.0
     longest_call_seconds: float = 0.0
 
     @property
@@ -190,20 +193,20 @@ class Source:
     key: str
     kind: str
     implied: Status
-    is_index: bool = False
 
 
 def sources(connection: Redis) -> Iterator[Source]:
     """Yield the index sets, then every queue and registry RQ knows of."""
     for status in STATUSES:
-        yield Source(keys.status_index_key(status), "zset", status, is_index=True)
-    for raw in sorted(connection.smembers(Queue.redis_queues_keys)):
-        queue_key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        yield Source(keys.status_index_key(status), "index", status)
+    members: set[bytes] = connection.smembers(Queue.redis_queues_keys)  # type: ignore[assignment]
+    for raw in sorted(members):
+        queue_key = raw.decode()
         name = queue_key.removeprefix(Queue.redis_queue_namespace_prefix)
         yield Source(queue_key, "list", Status.QUEUED)
         yield Source(StartedJobRegistry.key_template.format(name), "wip", Status.RUNNING)
         for registry, rq_status in ZSET_REGISTRIES:
-            yield Source(registry.key_template.format(name), "zset", FROM_RQ[rq_status])
+            yield Source(registry.key_template.format(name), "registry", FROM_RQ[rq_status])
 
 
 def repair_pass(
@@ -229,10 +232,10 @@ def repair_pass(
                     batch,
                     source.kind,
                     implied,
-                    "index" if source.is_index else "rq",
                 ],
             )
             took = time.perf_counter() - call_started
+            report.busy_seconds += took
             report.longest_call_seconds = max(report.longest_call_seconds, took)
             if duty < 1:
                 time.sleep(took * (1 - duty) / duty)

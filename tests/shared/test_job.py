@@ -10,11 +10,13 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
+import redis.client
 from rq.job import Job, JobStatus
 
 from shared import keys
 from shared.index import StatusIndex
 from shared.job import TrackedJob, log_transition
+from shared.queue import TrackedQueue
 from shared.status import Status
 from tests.helpers import indexed
 
@@ -215,3 +217,58 @@ def test_job_without_task_logs_none(
     record = logged(caplog, job, None)
     assert record.getMessage() == "job job-1 (None) new -> queued"
     assert fields(record)["task"] is None
+
+
+def test_delete_in_a_pipeline_waits_for_its_exec(conn: redis.Redis, queue: TrackedQueue) -> None:
+    """delete(pipeline=...) writes nothing until EXEC: discarded, the job stays in RQ and index."""
+    job = queue.enqueue_task("echo", {})
+    with conn.pipeline() as pipe:
+        TrackedJob.fetch(job.id, connection=conn).delete(pipeline=pipe)
+        pipe.reset()
+    assert conn.exists(job.key)
+    assert conn.lrange(queue.key, 0, -1) == [job.id.encode()]
+    assert indexed(conn, job.id) is not None
+    with conn.pipeline() as pipe:
+        TrackedJob.fetch(job.id, connection=conn).delete(pipeline=pipe)
+        pipe.execute()
+    assert not conn.exists(job.key)
+    assert conn.lrange(queue.key, 0, -1) == []
+    assert indexed(conn, job.id) is None
+
+
+def test_delete_runs_rqs_deletion_inside_its_own_transaction(
+    monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, queue: TrackedQueue
+) -> None:
+    """Without a pipeline, RQ's deletion joins the MULTI that removes the index entry."""
+    job = queue.enqueue_task("echo", {})
+    given: list[object] = []
+    original = Job.delete
+
+    def spy(self: Job, pipeline: object = None, *args: object, **kwargs: object) -> None:
+        given.append(pipeline)
+        original(self, pipeline, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Job, "delete", spy)
+    TrackedJob.fetch(job.id, connection=conn).delete()
+    assert len(given) == 1 and isinstance(given[0], redis.client.Pipeline)
+    assert not conn.exists(job.key) and indexed(conn, job.id) is None
+
+
+def test_delete_keeps_the_queue_entry_when_asked(conn: redis.Redis, queue: TrackedQueue) -> None:
+    """remove_from_queue=False leaves the id in RQ's list, as RQ's own delete does."""
+    job = queue.enqueue_task("echo", {})
+    TrackedJob.fetch(job.id, connection=conn).delete(remove_from_queue=False)
+    assert conn.lrange(queue.key, 0, -1) == [job.id.encode()]
+    assert indexed(conn, job.id) is None
+
+
+def test_delete_leaves_dependents_unless_asked(conn: redis.Redis, queue: TrackedQueue) -> None:
+    """A plain delete keeps the jobs that depend on it; delete_dependents=True removes them too."""
+    parent = queue.enqueue_task("echo", {})
+    child = queue.enqueue_task("echo", {}, depends_on=parent)
+    TrackedJob.fetch(parent.id, connection=conn).delete()
+    assert conn.exists(child.key) and indexed(conn, child.id) is not None
+    other_parent = queue.enqueue_task("echo", {})
+    other_child = queue.enqueue_task("echo", {}, depends_on=other_parent)
+    TrackedJob.fetch(other_parent.id, connection=conn).delete(delete_dependents=True)
+    assert not conn.exists(other_child.key) and indexed(conn, other_child.id) is None

@@ -160,8 +160,11 @@ def test_a_tracked_queue_keeps_tracked_jobs(conn: redis.Redis, given: object) ->
 
 def test_enqueue_task_runs_the_catalog_check(conn: redis.Redis, queue: TrackedQueue) -> None:
     """enqueue_task enqueues the runner with the task's name and checked payload, indexed."""
-    job = queue.enqueue_task("echo", {"a": 1})
-    assert (job.func_name, job.args, job.meta["task"]) == (tasks.RUNNER, ("echo", {"a": 1}), "echo")
+    job = queue.enqueue_task("echo", {"a": 1}, meta={"client_id": "x"}, result_ttl=60)
+    assert (job.func_name, job.args) == (tasks.RUNNER, ("echo", {"a": 1}))
+    assert job.meta == {"task": "echo", "progress": 0, "client_id": "x"}
+    assert job.result_ttl == 60
+    assert queue.enqueue_task("echo", {}).meta == {"task": "echo", "progress": 0}
     found = indexed(conn, job.id)
     assert found is not None and found[0] is Status.QUEUED
     with pytest.raises(tasks.UnknownTaskError):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
+import re
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +20,7 @@ from shared import keys
 from shared.index import StatusIndex, parse_transitions
 from shared.queue import TrackedQueue
 from shared.redis import redis_time_micros
+from shared.settings import Settings
 from shared.status import Status
 from shared.tasks import RUNNER
 from tests.helpers import indexed, record
@@ -155,9 +160,9 @@ def test_lua_reads_rq_timestamps_as_python_does(
     """The script's date arithmetic agrees with Python's for RQ's timestamp format."""
     assert int(dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()) == expected
     script = repair.REPAIR_LUA.split("local function recent")[0]
-    probe = script + "\nreturn epoch_seconds(ARGV[8])"
+    probe = script + "\nreturn epoch_seconds(ARGV[7])"
     keys_ = [*keys.status_index_keys(), keys.transitions_key(), "unused"]
-    got = conn.eval(probe, len(keys_), *keys_, "rq:job:", 60, "0", 1, "zset", 1, "index", stamp)
+    got = conn.eval(probe, len(keys_), *keys_, "rq:job:", 60, "0", 1, "index", 1, stamp)
     assert got == expected
 
 
@@ -229,3 +234,116 @@ def test_plain_job_classes_are_untouched_by_the_repair(
     before = conn.hgetall(job.key)
     repair.repair_pass(index)
     assert conn.hgetall(job.key) == before
+
+
+def test_the_report_counts_ids_and_time(conn: redis.Redis, index: StatusIndex) -> None:
+    """A pass reports each id it read once per source, and its wall and busy time."""
+    queue = TrackedQueue("default", connection=conn)
+    for _ in range(3):
+        queue.enqueue_task("echo", {})
+    report = repair.repair_pass(index, duty=1.0)
+    # Three queued entries, then the same three in RQ's queue list.
+    assert report.checked == 6
+    assert report.changed == 0
+    assert 0 < report.longest_call_seconds <= report.busy_seconds <= report.seconds < 5
+    # The five index sets, then the queue and its six registries: one call each.
+    assert report.calls == 5 + 1 + 6
+
+
+@pytest.mark.parametrize("duty", [0.5, 2 / 3, 0.25])
+def test_a_pass_rests_so_redis_is_busy_at_most_its_duty(
+    monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, index: StatusIndex, duty: float
+) -> None:
+    """After each call the pass sleeps in proportion, so calls fill `duty` of its time."""
+    slept: list[float] = []
+    monkeypatch.setattr(repair.time, "sleep", slept.append)
+    report = repair.repair_pass(index, duty=duty)
+    assert len(slept) == report.calls
+    assert sum(slept) == pytest.approx(report.busy_seconds * (1 - duty) / duty)
+
+
+def test_an_unpaced_pass_never_sleeps(
+    monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, index: StatusIndex
+) -> None:
+    """At a duty of 1 the pass makes its calls back to back."""
+    slept: list[float] = []
+    monkeypatch.setattr(repair.time, "sleep", slept.append)
+    repair.repair_pass(index, duty=1.0)
+    assert slept == []
+
+
+def test_an_unknown_source_kind_is_an_error(conn: redis.Redis) -> None:
+    """The script refuses a source it does not know how to read, instead of guessing."""
+    keys_ = [*keys.status_index_keys(), keys.transitions_key(), "some-key"]
+    with pytest.raises(redis.ResponseError, match="unknown source kind zset"):
+        conn.eval(repair.REPAIR_LUA, len(keys_), *keys_, "rq:job:", 60, "0", 10, "zset", 1)
+
+
+def test_a_pass_that_changed_something_logs_at_info(
+    caplog: pytest.LogCaptureFixture, conn: redis.Redis, index: StatusIndex
+) -> None:
+    """A pass with repairs logs one INFO line with its counts; a clean one logs at DEBUG."""
+    record(index, "ghost", JobStatus.QUEUED)
+    conn.delete(keys.rq_job_key("ghost"))
+    with caplog.at_level(logging.DEBUG, logger="worker.repair"):
+        repair.repair_when_due(index, 30, "a")
+        conn.delete(keys.repair_lease_key())
+        repair.repair_when_due(index, 30, "a")
+    lines = [r for r in caplog.records if r.name == "worker.repair"]
+    assert [r.levelno for r in lines] == [logging.INFO, logging.DEBUG]
+    message = lines[0].getMessage()
+    assert re.fullmatch(
+        r"repair pass: 1 ids checked, 1 removed, 0 moved, 0 added, 0 trimmed in \d+\.\d\ds",
+        message,
+    ), message
+    extra = lines[0].repair  # type: ignore[attr-defined]
+    assert extra["removed"] == 1 and extra["checked"] == 1 and extra["s"] >= 0
+    assert set(extra) == {"removed", "moved", "added", "checked", "s"}
+
+
+def test_run_forever_repairs_until_its_parent_goes(
+    monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, settings: Settings
+) -> None:
+    """The child's loop runs passes under the lease while its parent lives, then returns."""
+    parents = iter([100, 100, 100, 1])
+    monkeypatch.setattr(repair.os, "getppid", lambda: next(parents))
+    naps: list[float] = []
+    monkeypatch.setattr(repair.time, "sleep", naps.append)
+    monkeypatch.setattr(repair, "configure_logging", lambda level, fmt: None)
+    handlers: list[tuple[int, object]] = []
+    monkeypatch.setattr(repair.signal, "signal", lambda sig, h: handlers.append((sig, h)))
+    record(StatusIndex(conn, 60), "ghost", JobStatus.QUEUED)
+    conn.delete(keys.rq_job_key("ghost"))
+    repair.run_forever(settings)
+    assert handlers == [(signal.SIGINT, signal.SIG_IGN)]
+    assert indexed(conn, "ghost") is None
+    owner = conn.get(keys.repair_lease_key())
+    assert owner is not None and owner.decode().startswith(f"{os.uname().nodename}:{os.getpid()}:")
+    assert 0 < conn.ttl(keys.repair_lease_key()) <= settings.repair_interval
+    # Two loops ran (the parent was 100 twice after the first look): each rests LEASE_POLL.
+    assert naps.count(repair.LEASE_POLL) == 2
+
+
+def test_run_forever_survives_redis_errors(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    settings: Settings,
+) -> None:
+    """A pass cut short by Redis is logged as a warning, and the loop goes on."""
+    parents = iter([100, 100, 100, 1])
+    monkeypatch.setattr(repair.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(repair.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(repair, "configure_logging", lambda level, fmt: None)
+    monkeypatch.setattr(repair.signal, "signal", lambda sig, h: None)
+    attempts: list[str] = []
+
+    def broken(index: StatusIndex, interval: int, owner: str) -> None:
+        attempts.append(owner)
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(repair, "repair_when_due", broken)
+    with caplog.at_level(logging.WARNING, logger="worker.repair"):
+        repair.run_forever(settings)
+    assert len(attempts) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "worker.repair"]
+    assert warnings == ["repair pass interrupted, Redis unreachable: gone"] * 2
