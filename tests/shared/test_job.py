@@ -272,3 +272,15 @@ def test_delete_leaves_dependents_unless_asked(conn: redis.Redis, queue: Tracked
     other_child = queue.enqueue_task("echo", {}, depends_on=other_parent)
     TrackedJob.fetch(other_parent.id, connection=conn).delete(delete_dependents=True)
     assert not conn.exists(other_child.key) and indexed(conn, other_child.id) is None
+
+
+def test_delete_in_a_pipeline_deletes_dependents_when_asked(
+    conn: redis.Redis, queue: TrackedQueue
+) -> None:
+    """delete_dependents=True inside the caller's pipeline removes the dependents at its EXEC."""
+    parent = queue.enqueue_task("echo", {})
+    child = queue.enqueue_task("echo", {}, depends_on=parent)
+    with conn.pipeline() as pipe:
+        TrackedJob.fetch(parent.id, connection=conn).delete(pipeline=pipe, delete_dependents=True)
+        pipe.execute()
+    assert not conn.exists(child.key) and indexed(conn, child.id) is None

@@ -309,16 +309,21 @@ def test_run_forever_repairs_until_its_parent_goes(
     monkeypatch.setattr(repair.os, "getppid", lambda: next(parents))
     naps: list[float] = []
     monkeypatch.setattr(repair.time, "sleep", naps.append)
-    monkeypatch.setattr(repair, "configure_logging", lambda level, fmt: None)
+    configured: list[tuple[str, str]] = []
+    monkeypatch.setattr(repair, "configure_logging", lambda *args: configured.append(args))
     handlers: list[tuple[int, object]] = []
     monkeypatch.setattr(repair.signal, "signal", lambda sig, h: handlers.append((sig, h)))
     record(StatusIndex(conn, 60), "ghost", JobStatus.QUEUED)
     conn.delete(keys.rq_job_key("ghost"))
     repair.run_forever(settings)
     assert handlers == [(signal.SIGINT, signal.SIG_IGN)]
+    assert configured == [(settings.log_level, settings.log_format)]
     assert indexed(conn, "ghost") is None
     owner = conn.get(keys.repair_lease_key())
-    assert owner is not None and owner.decode().startswith(f"{os.uname().nodename}:{os.getpid()}:")
+    assert owner is not None
+    assert re.fullmatch(
+        rf"{re.escape(os.uname().nodename)}:{os.getpid()}:[0-9a-f]{{8}}", owner.decode()
+    )
     assert 0 < conn.ttl(keys.repair_lease_key()) <= settings.repair_interval
     # Two loops ran (the parent was 100 twice after the first look): each rests LEASE_POLL.
     assert naps.count(repair.LEASE_POLL) == 2
