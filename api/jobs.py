@@ -69,14 +69,14 @@ def submit() -> Response:
     limit = svc.settings.max_queue_length
     max_queue_length: int | str = limit or "unlimited"
     retention = svc.settings.retention_seconds
-    job = svc.queue.create_job(
-        tasks.RUNNER,
-        args=(task.name, payload),
+    job = svc.queue.create_task_job(
+        task,
+        payload,
         timeout=svc.settings.job_timeout,
         result_ttl=retention,
         failure_ttl=retention,
         description=f"{task.name} task",
-        meta=_meta(task.name, body.get("id"), wanted.webhook_url),
+        meta=_meta(body.get("id"), wanted.webhook_url),
     )
     try:
         queue_length = svc.queue.enqueue_bounded(job, limit)
@@ -122,8 +122,8 @@ def describe(job: Job) -> dict[str, Any]:
     return described
 
 
-def _meta(task: str, client_id: Any, webhook_url: str | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"task": task, "progress": 0}
+def _meta(client_id: Any, webhook_url: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
     if client_id is not None:
         meta["client_id"] = client_id
     if webhook_url is not None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.client import Pipeline
 from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.utils import import_attribute
 
 from shared import index, tasks
 from shared.status import Status, from_rq
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The runner's name before the task catalog moved to shared/: jobs enqueued by an older
 # version still name it, and run through the same runner.
@@ -91,6 +95,21 @@ class TrackedJob(Job):
                 f"job {self.id} names {self.func_name!r}, not the task runner"
             )
         return tasks.run_task
+
+
+def tracked_subclass(given: type[Any] | str | None, tracked: type[T]) -> type[T]:
+    """Return `given` (a class or its dotted name) if it is a subclass of `tracked`, else `tracked`.
+
+    RQ's tools pass their own default classes, or the names their users give; anything that
+    is not one of the service's classes would bypass the index, so it gives way, with a warning
+    unless it was RQ's plain default.
+    """
+    found = import_attribute(given) if isinstance(given, str) else given
+    if isinstance(found, type) and issubclass(found, tracked):
+        return found
+    if found is not None and found not in (Job, Queue):
+        logger.warning("%s replaces %r: its jobs would bypass the status index", tracked, given)
+    return tracked
 
 
 def _refuse_callback(job: Job, name: str | None) -> None:

@@ -9,10 +9,9 @@ from typing import Any
 
 from rq import Queue
 from rq.job import Job
-from rq.utils import import_attribute
 
 from shared import keys, tasks
-from shared.job import TrackedJob
+from shared.job import TrackedJob, tracked_subclass
 from shared.status import Status
 
 # How many waiting jobs one step of `empty()` removes: small enough never to block Redis.
@@ -28,7 +27,11 @@ EMPTY_BATCH = 500
 GATE_LUA = f"""
 local length = redis.call('LLEN', KEYS[1])
 if length <= tonumber(ARGV[2]) then return length end
-if ARGV[3] == '1' then redis.call('LPOP', KEYS[1]) else redis.call('RPOP', KEYS[1]) end
+local pushed = ARGV[3] == '1' and 0 or -1
+if redis.call('LINDEX', KEYS[1], pushed) ~= ARGV[1] then
+  return redis.error_reply('the bounded enqueue did not push job ' .. ARGV[1])
+end
+if pushed == 0 then redis.call('LPOP', KEYS[1]) else redis.call('RPOP', KEYS[1]) end
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[4], ARGV[1])
 if redis.call('HINCRBY', KEYS[3], 'new:{Status.QUEUED.value}', -1) <= 0 then
@@ -53,6 +56,10 @@ return #ids
 """
 
 
+# Options of RQ's enqueue that are not the job's own (create_job refuses them).
+ENQUEUE_ONLY = ("at_front", "pipeline")
+
+
 class QueueFullError(Exception):
     """The queue already holds its maximum number of waiting jobs."""
 
@@ -69,23 +76,34 @@ class TrackedQueue(Queue):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # RQ's command line passes its default job class explicitly; a tracked queue keeps
         # tracked jobs whatever it is given, or the index would never hear of them.
-        job_class = kwargs.get("job_class")
-        if job_class is None or not issubclass(_job_class(job_class), TrackedJob):
-            kwargs["job_class"] = TrackedJob
+        kwargs["job_class"] = tracked_subclass(kwargs.get("job_class"), TrackedJob)
         super().__init__(*args, **kwargs)
+
+    def create_task_job(self, task: tasks.Task, payload: tasks.Payload, **options: Any) -> Job:
+        """Return a new job (not yet enqueued) running `task` on the checked `payload`.
+
+        `options` are RQ's job options; `meta` is added to the task's name and progress.
+        """
+        meta = {"task": task.name, "progress": 0, **options.pop("meta", {})}
+        return self.create_job(tasks.RUNNER, args=(task.name, payload), meta=meta, **options)
 
     def enqueue_task(self, name: str, payload: tasks.Payload, **options: Any) -> Job:
         """Enqueue the catalog's task `name` on `payload`; `options` are RQ's enqueue options."""
         task = tasks.get(name)
-        meta = {"task": task.name, "progress": 0, **options.pop("meta", {})}
-        return self.enqueue(tasks.RUNNER, task.name, task.validate(payload), meta=meta, **options)
+        job_options = {k: options.pop(k) for k in ENQUEUE_ONLY if k in options}
+        job = self.create_task_job(task, task.validate(payload), **options)
+        return self.enqueue_job(job, **job_options)
 
     def enqueue_bounded(self, job: Job, max_length: int, at_front: bool = False) -> int:
         """Enqueue the new `job` unless the queue holds `max_length` waiting jobs (0: no limit).
 
         Return the queue length right after the enqueue, or raise QueueFullError. The check and
         RQ's own enqueue run in one MULTI that never retries, exact under any concurrency.
+        The job must be new (a fresh id, never saved), on an asynchronous queue, without
+        dependencies: a refusal takes back exactly what RQ's enqueue of such a job writes.
         """
+        if job._dependency_ids or not self._is_async:
+            raise ValueError("a bounded enqueue takes a new job without dependencies, run async")
         with self.connection.pipeline() as pipe:
             self.enqueue_job(job, pipeline=pipe, at_front=at_front)
             if not max_length:
@@ -120,10 +138,3 @@ class TrackedQueue(Queue):
             removed += count
             if count < EMPTY_BATCH:
                 return removed
-
-
-def _job_class(job_class: type[Job] | str) -> type[Job]:
-    if isinstance(job_class, str):
-        imported: type[Job] = import_attribute(job_class)  # type: ignore[assignment]
-        return imported
-    return job_class

@@ -174,10 +174,10 @@ def index_view(conn: redis.Redis) -> dict[str, Status]:
 
 
 def rq_view(conn: redis.Redis) -> dict[str, Status]:
-    """Return every job RQ holds (a job hash with a status), its RQ status mapped to ours.
+    """Return every job RQ holds, its RQ status mapped to ours.
 
-    RQ's job keys are `rq:job:<id>`; the `:dependents` and `:dependencies` sets beside them are
-    not jobs.
+    RQ's job keys are `rq:job:<id>` (the `:dependents` and `:dependencies` sets beside them are
+    not jobs), and RQ reads a hash without `data` as no job at all (`Job.restore`).
     """
     view: dict[str, Status] = {}
     prefix = Job.redis_job_namespace_prefix
@@ -186,7 +186,7 @@ def rq_view(conn: redis.Redis) -> dict[str, Status]:
         if ":" in job_id:
             continue
         rq_status = conn.hget(key, "status")
-        if rq_status is not None:
+        if rq_status is not None and conn.hexists(key, "data"):
             view[job_id] = from_rq(rq_status.decode())
     return view
 

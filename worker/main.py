@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +17,7 @@ from rq.worker import BaseWorker
 
 from shared import tasks
 from shared.index import StatusIndex
-from shared.job import TrackedJob, log_transition
+from shared.job import TrackedJob, log_transition, tracked_subclass
 from shared.queue import TrackedQueue
 from shared.redis import connect
 from shared.settings import Settings
@@ -49,6 +50,8 @@ class TrackingMixin(BaseWorker):
     """
 
     clock: RedisClock | None = None
+    # The drift repair child `run()` starts; maintenance starts it again should it die.
+    repairer: multiprocessing.process.BaseProcess | None = None
 
     def __init__(
         self,
@@ -60,11 +63,16 @@ class TrackingMixin(BaseWorker):
         """Build RQ's worker on tracked queues and jobs; settings default to the environment."""
         self.settings = settings if settings is not None else Settings.from_env()
         tasks.load(self.settings.task_modules)
-        kwargs["job_class"] = _tracked(kwargs.get("job_class"), TrackedJob)
-        kwargs["queue_class"] = _tracked(kwargs.get("queue_class"), TrackedQueue)
+        kwargs["job_class"] = tracked_subclass(kwargs.get("job_class"), TrackedJob)
+        kwargs["queue_class"] = tracked_subclass(kwargs.get("queue_class"), TrackedQueue)
         if isinstance(queues, Queue | str):
             queues = [queues]
-        names = [queue.name if isinstance(queue, Queue) else queue for queue in queues]
+        # Queue objects (RQ's command line builds plain ones) become names, so that RQ builds
+        # them again with the tracked queue class; their connection is the worker's.
+        given = list(queues)
+        if kwargs.get("connection") is None and given and isinstance(given[0], Queue):
+            kwargs["connection"] = given[0].connection
+        names = [queue.name if isinstance(queue, Queue) else queue for queue in given]
         super().__init__(names, *args, **kwargs)
         self.index = StatusIndex(self.connection, self.settings.retention_seconds)
 
@@ -91,6 +99,11 @@ class TrackingMixin(BaseWorker):
         removed = self.index.trim_expired()
         if removed:
             logger.info("trimmed %d expired index entries", removed)
+        if self.repairer is not None and not self.repairer.is_alive():
+            logger.error(
+                "the repair child ended (exit code %s); starting it again", self.repairer.exitcode
+            )
+            self.repairer = start_repairer(self.settings)
 
 
 # The mixin comes first so that its maintenance wraps RQ's; everything else (forking a
@@ -140,14 +153,6 @@ def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -
             delay = min(delay * 2, 5.0)
 
 
-def _tracked(given: type[Any] | str | None, tracked: type[Any]) -> type[Any]:
-    if isinstance(given, type) and issubclass(given, tracked):
-        return given
-    if given is not None and given not in (Job, Queue):
-        logger.warning("%s replaces %r: its jobs would bypass the status index", tracked, given)
-    return tracked
-
-
 def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> TrackingMixin:
     """Return a worker of the configured class on the configured queue, recording into the index."""
     worker_class = TrackedWorker if settings.worker_class == "fork" else TrackedSimpleWorker
@@ -166,17 +171,17 @@ def start_repairer(settings: Settings) -> multiprocessing.process.BaseProcess:
     """Start the drift repair loop in a child process of its own (worker/repair.py)."""
     # Spawned, not forked: a fresh interpreter shares no locks or sockets with this one.
     process = multiprocessing.get_context("spawn").Process(
-        target=repair.run_forever, args=(settings,), name="toolkit-jobs repair", daemon=True
+        target=repair.run_forever,
+        args=(settings, os.getpid()),
+        name="toolkit-jobs repair",
+        daemon=True,
     )
     process.start()
     return process
 
 
-def run(settings: Settings, with_repair: bool = True) -> bool:
-    """Run a worker, RQ's scheduler and the repair loop until told to stop (or burst ends).
-
-    Return whether the worker worked any job.
-    """
+def run(settings: Settings) -> None:
+    """Run a worker, RQ's scheduler and the repair loop until the worker is told to stop."""
     connection = connect(settings)
     wait_for_redis(connection)
     worker = build_worker(settings, connection)
@@ -184,15 +189,14 @@ def run(settings: Settings, with_repair: bool = True) -> bool:
     worker.clock.sync()
     use_redis_time(worker.clock)
     worker.index.mark()
-    repairer = start_repairer(settings) if with_repair else None
+    worker.repairer = start_repairer(settings)
     logger.info(
         "worker %s (%s) on queue %r", worker.name, settings.worker_class, settings.queue_name
     )
     try:
         # RQ's scheduler moves scheduled jobs and retries with an interval to their queue when
         # due; one worker per queue holds its lock, the others stand by.
-        return bool(worker.work(logging_level=settings.log_level, with_scheduler=True))
+        worker.work(logging_level=settings.log_level, with_scheduler=True)
     finally:
-        if repairer is not None:
-            repairer.terminate()
-            repairer.join(timeout=5)
+        worker.repairer.terminate()
+        worker.repairer.join(timeout=5)

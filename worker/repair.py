@@ -24,7 +24,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -57,6 +57,17 @@ REPAIR_BATCH = 200
 REPAIR_DUTY = 2 / 3
 # How often a repairer waiting for the lease looks again (s).
 LEASE_POLL = 1.0
+# While a pass runs, its lease is kept at least this long (s), renewed about every second, so
+# a pass longer than the interval never has a second one start beside it.
+LEASE_GRACE = 10
+
+# Keep the lease KEYS[1] for at least ARGV[2] seconds, if ARGV[1] still holds it; return 1 if
+# it does, 0 if the lease has gone to someone else (or lapsed).
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
 
 # Check up to ARGV[4] ids read from KEYS[7] from cursor ARGV[3], each against RQ's own status.
 # ARGV[5] says what KEYS[7] is: "index", an index set, or "registry", one of RQ's registries
@@ -69,7 +80,8 @@ LEASE_POLL = 1.0
 # RQ status maps to that very set is right without a ZSCORE; read from RQ's queue or registry,
 # an id already in the implied set is left to the index sets' own check, without an HGET:
 # each job then costs one lookup per source, not two.
-# KEYS: the index sets in Status order, the transitions hash, the key to read.
+# What it put right is added to the repairs hash in the same step.
+# KEYS: the index sets in Status order, the transitions hash, the repairs hash, the key to read.
 # ARGV: RQ's job key prefix, retention (s), cursor, count, kind, implied position.
 # Returns {next cursor ("0" at the end), ids read, removed, moved, added}.
 REPAIR_LUA = (
@@ -115,16 +127,21 @@ local implied, from_index = tonumber(ARGV[6]), ARGV[5] == 'index'
 local function reconcile(id)
   if not from_index and redis.call('ZSCORE', KEYS[implied], id) then return end
   local job = prefix .. id
-  local status = redis.call('HGET', job, 'status')
-  if not status then
-    -- A hash without a status is being written by someone: leave it to the next pass.
-    if redis.call('EXISTS', job) == 1 then return end
+  -- RQ reads a hash without `data` as no job at all (Job.restore: "Unexpected job format"),
+  -- such as the stub a late status write leaves after a deletion: its entries go.
+  if redis.call('HEXISTS', job, 'data') == 0 then
     for i = 1, #names do removed = removed + redis.call('ZREM', KEYS[i], id) end
     return
   end
-  local position = positions[status]
+  local position = positions[redis.call('HGET', job, 'status') or '']
+  -- A job without a status RQ knows (none: RQ reads it as "created"; or a future one) keeps
+  -- whatever entry it has.
   if not position or (from_index and position == implied) then return end
-  if redis.call('ZSCORE', KEYS[position], id) then return end
+  if redis.call('ZSCORE', KEYS[position], id) then
+    -- Right where RQ says, and also in the set being read: a second entry, which goes.
+    if from_index then removed = removed + redis.call('ZREM', KEYS[implied], id) end
+    return
+  end
   local from = nil
   for i = 1, #names do
     if i ~= position and redis.call('ZREM', KEYS[i], id) == 1 then from = names[i] end
@@ -135,11 +152,13 @@ local function reconcile(id)
   if from then moved = moved + 1 else added = added + 1 end
 end
 
-local source, kind, cursor, count = KEYS[#names + 2], ARGV[5], ARGV[3], tonumber(ARGV[4])
+local source, kind, cursor, count = KEYS[#names + 3], ARGV[5], ARGV[3], tonumber(ARGV[4])
 local ids, next_cursor = {}, '0'
 if kind == 'list' then
+  -- Read from the tail: workers pop at the head, so no unread id moves past the cursor; a push
+  -- at the tail only makes one id be read twice.
   local start = tonumber(cursor)
-  ids = redis.call('LRANGE', source, start, start + count - 1)
+  ids = redis.call('LRANGE', source, -(start + count), -(start + 1))
   if #ids == count then next_cursor = tostring(start + count) end
 elseif kind == 'index' or kind == 'registry' or kind == 'wip' then
   local reply = redis.call('ZSCAN', source, cursor, 'COUNT', count)
@@ -153,6 +172,10 @@ else
   return redis.error_reply('unknown source kind ' .. kind)
 end
 for _, id in ipairs(ids) do reconcile(id) end
+local counts = {removed = removed, moved = moved, added = added}
+for field, n in pairs(counts) do
+  if n > 0 then redis.call('HINCRBY', KEYS[#names + 2], field, n) end
+end
 return {next_cursor, #ids, removed, moved, added}
 """
 )
@@ -179,6 +202,7 @@ class PassReport:
     seconds: float = 0.0
     busy_seconds: float = 0.0
     longest_call_seconds: float = 0.0
+    complete: bool = True
 
     @property
     def changed(self) -> int:
@@ -210,14 +234,21 @@ def sources(connection: Redis) -> Iterator[Source]:
 
 
 def repair_pass(
-    index: StatusIndex, batch: int = REPAIR_BATCH, duty: float = REPAIR_DUTY
+    index: StatusIndex,
+    batch: int = REPAIR_BATCH,
+    duty: float = REPAIR_DUTY,
+    still_ours: Callable[[], bool] | None = None,
 ) -> PassReport:
-    """Run one full repair pass over the index and RQ's queues and registries; report it."""
+    """Run one full repair pass over the index and RQ's queues and registries; report it.
+
+    `still_ours`, asked about once a second, renews the pass's lease; when it answers False
+    (the lease went to another worker), the pass stops where it is.
+    """
     connection = index.connection
     script = connection.register_script(REPAIR_LUA)
-    index_keys = [*keys.status_index_keys(), keys.transitions_key()]
+    index_keys = [*keys.status_index_keys(), keys.transitions_key(), keys.repairs_key()]
     report = PassReport()
-    started = time.perf_counter()
+    started = renewed = time.perf_counter()
     for source in sources(connection):
         implied = STATUSES.index(source.implied) + 1
         cursor = "0"
@@ -244,23 +275,30 @@ def repair_pass(
             report.checked += int(reply[1])
             for name, value in zip(REPAIR_KINDS, reply[2:], strict=True):
                 report.counts[name] += int(value)
+            if still_ours is not None and time.perf_counter() - renewed >= 1:
+                renewed = time.perf_counter()
+                if not still_ours():
+                    report.seconds = renewed - started
+                    report.complete = False
+                    return report
             if cursor == "0":
                 break
     report.trimmed = index.trim_expired()
     report.seconds = time.perf_counter() - started
-    if report.changed:
-        with connection.pipeline() as pipe:
-            for name, value in report.counts.items():
-                pipe.hincrby(keys.repairs_key(), name, value)
-            pipe.execute()
     return report
 
 
 def repair_when_due(index: StatusIndex, interval: int, owner: str) -> PassReport | None:
     """Run a pass if none started in the last `interval` seconds on any worker; report it."""
-    if not index.connection.set(keys.repair_lease_key(), owner, nx=True, ex=interval):
+    lease = keys.repair_lease_key()
+    if not index.connection.set(lease, owner, nx=True, ex=interval):
         return None
-    report = repair_pass(index)
+    renew = index.connection.register_script(RENEW_LUA)
+    report = repair_pass(
+        index, still_ours=lambda: bool(renew(keys=[lease], args=[owner, LEASE_GRACE]))
+    )
+    if not report.complete:
+        logger.warning("repair pass stopped: its lease went to another worker")
     log = logger.info if report.changed else logger.debug
     log(
         "repair pass: %d ids checked, %d removed, %d moved, %d added, %d trimmed in %.2fs",
@@ -273,19 +311,22 @@ def repair_when_due(index: StatusIndex, interval: int, owner: str) -> PassReport
     return report
 
 
-def run_forever(settings: Settings) -> None:
-    """Repair the index every REPAIR_INTERVAL while the parent process lives (a child's loop)."""
+def run_forever(settings: Settings, parent: int) -> None:
+    """Repair the index every REPAIR_INTERVAL while the process `parent` lives (a child's loop)."""
     # Ctrl-C reaches the whole process group; the parent worker shuts down warmly, then ends
     # this loop itself (SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_level, settings.log_format)
     index = StatusIndex(connect(settings), settings.retention_seconds)
     owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    parent = os.getppid()
-    # A parent killed outright cannot stop its children; this loop notices and ends.
+    # A parent killed outright cannot stop its children; this loop notices and ends. (The pid
+    # comes from the parent: one read here could already be init's, had it died meanwhile.)
     while os.getppid() == parent:
         try:
             repair_when_due(index, settings.repair_interval, owner)
         except RedisError as exc:
             logger.warning("repair pass interrupted, Redis unreachable: %s", exc)
+        except Exception:
+            # Whatever went wrong in one pass, the next one may go right: never stop repairing.
+            logger.exception("repair pass failed")
         time.sleep(LEASE_POLL)

@@ -198,13 +198,16 @@ def empty_view(services: Services) -> Callable[[str, str], Response]:
             raise ApiError(404, f"Unknown registry: one of queued, {', '.join(sorted(EMPTIABLE))}")
         registry = registry_class(queue_name, connection=services.redis, job_class=TrackedJob)
         count = 0
-        # Started entries read "<job id>:<execution id>" in RQ 2; the job id comes first.
-        for job_id in registry.get_job_ids(cleanup=False):
+        # Each stored entry, as it is stored: the started registry's read
+        # "<job id>:<execution id>", and a stale one must go as written.
+        entries: list[bytes] = services.redis.zrange(registry.key, 0, -1)  # type: ignore[assignment]
+        for entry in entries:
+            job_id = registry.parse_job_id(entry.decode())
             try:
                 TrackedJob.fetch(job_id, connection=services.redis).delete()
             except NoSuchJobError:
                 # Gone already (expired, or deleted by someone else): drop the stale entry.
-                registry.remove(job_id)
+                services.redis.zrem(registry.key, entry)
                 continue
             count += 1
         return jsonify(status="OK", count=count)

@@ -476,3 +476,14 @@ def test_dashboard_counts_and_the_api_agree_after_every_operation(
     repair_pass(index)
     expected = {Status.QUEUED: 4, Status.RUNNING: 0, Status.DONE: 2, Status.FAILED: 1}
     assert dashboard_counts(dash) == api_counts(dash) == {**expected, Status.CANCELED: 1}
+
+
+def test_emptying_the_started_registry_drops_stale_entries(
+    dash: FlaskClient, conn: redis.Redis
+) -> None:
+    """A started entry ("<id>:<execution id>") whose job is gone is removed as it is stored."""
+    conn.sadd("rq:queues", "rq:queue:default")
+    conn.zadd("rq:wip:default", {"gone-job:execution-1": 1})
+    resp = dash.post("/dashboard/queue/default/started/empty", headers=LOGIN)
+    assert resp.status_code == 200 and resp.get_json() == {"status": "OK", "count": 0}
+    assert conn.zcard("rq:wip:default") == 0

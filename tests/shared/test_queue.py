@@ -11,8 +11,8 @@ from rq.job import Job
 
 from shared import keys, tasks
 from shared.index import parse_transitions
-from shared.job import TrackedJob
-from shared.queue import EMPTY_BATCH, QueueFullError, TrackedQueue
+from shared.job import TrackedJob, tracked_subclass
+from shared.queue import EMPTY_BATCH, GATE_LUA, QueueFullError, TrackedQueue
 from shared.redis import connect
 from shared.settings import Settings
 from shared.status import Status
@@ -169,3 +169,49 @@ def test_enqueue_task_runs_the_catalog_check(conn: redis.Redis, queue: TrackedQu
     assert found is not None and found[0] is Status.QUEUED
     with pytest.raises(tasks.UnknownTaskError):
         queue.enqueue_task("no-such-task", {})
+
+
+def test_a_bounded_enqueue_refuses_jobs_it_could_not_take_back(
+    conn: redis.Redis, queue: TrackedQueue
+) -> None:
+    """A job with dependencies, or on a synchronous queue, is refused before anything is sent."""
+    parent = queue.enqueue_task("echo", {})
+    child = queue.create_job(tasks.RUNNER, args=("echo", {}), depends_on=parent)
+    with pytest.raises(ValueError, match="without dependencies"):
+        queue.enqueue_bounded(child, 1)
+    sync = TrackedQueue("default", connection=conn, is_async=False)
+    with pytest.raises(ValueError, match="run async"):
+        sync.enqueue_bounded(new_job(sync), 1)
+    assert waiting(conn) == [parent.id]
+
+
+def test_the_gate_takes_back_only_the_job_it_was_given(conn: redis.Redis) -> None:
+    """Over the limit, a gate whose job is not at the pushed end fails and removes nothing."""
+    conn.rpush(keys.rq_queue_key("default"), "other-1", "other-2")
+    gate_keys = [
+        keys.rq_queue_key("default"),
+        keys.rq_job_key("mine"),
+        keys.transitions_key(),
+        keys.status_index_key(Status.QUEUED),
+    ]
+    with pytest.raises(redis.ResponseError, match="did not push job mine"):
+        conn.eval(GATE_LUA, len(gate_keys), *gate_keys, "mine", 1, 0)
+    assert waiting(conn) == ["other-1", "other-2"]
+
+
+class CustomJob(TrackedJob):
+    """A user's own subclass of the tracked job class."""
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("shared.job.TrackedJob", TrackedJob),
+        (CustomJob, CustomJob),
+        (f"{__name__}.CustomJob", CustomJob),
+        ("rq.job.Job", TrackedJob),
+    ],
+)
+def test_tracked_subclass_keeps_subclasses_named_or_given(given: object, expected: type) -> None:
+    """A class or dotted name of a tracked subclass is kept; anything else gives way."""
+    assert tracked_subclass(given, TrackedJob) is expected  # type: ignore[arg-type]

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+import pytest
 import redis
+from rq import Queue
 
 from shared import keys
 from shared.index import FINAL_STATUSES
+from shared.job import TrackedJob
+from shared.queue import TrackedQueue
 from shared.redis import MICROS, redis_time_micros
+from shared.settings import Settings
 from shared.status import Status
+from worker import main
 from worker.main import TrackingMixin
 
 
@@ -29,3 +36,42 @@ def test_worker_maintenance_trims_expired_index_entries(
         else:
             assert conn.zscore(key, f"old-{status}") is not None, status
         assert conn.zscore(key, f"new-{status}") is not None, status
+
+
+class DeadChild:
+    """Stands in for a repair child process that has ended."""
+
+    exitcode = 1
+
+    def is_alive(self) -> bool:
+        """Say the process has ended."""
+        return False
+
+
+def test_maintenance_starts_a_dead_repair_child_again(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    make_worker: Callable[[], TrackingMixin],
+) -> None:
+    """A repair child found dead at maintenance is logged as an error and started again."""
+    worker = make_worker()
+    started: list[Settings] = []
+    monkeypatch.setattr(main, "start_repairer", lambda settings: started.append(settings) or "new")
+    worker.repairer = DeadChild()  # type: ignore[assignment]
+    with caplog.at_level(logging.ERROR, logger="worker.main"):
+        worker.run_maintenance_tasks()
+    assert started == [worker.settings]
+    assert worker.repairer == "new"
+    assert [r.getMessage() for r in caplog.records if r.name == "worker.main"] == [
+        "the repair child ended (exit code 1); starting it again"
+    ]
+
+
+def test_a_worker_given_queue_objects_takes_their_connection(
+    conn: redis.Redis, settings: Settings
+) -> None:
+    """Built from RQ's own queue objects and no connection, a worker uses theirs, tracked."""
+    worker = main.TrackedSimpleWorker([Queue("default", connection=conn)], settings=settings)
+    assert worker.connection is conn
+    assert all(isinstance(queue, TrackedQueue) for queue in worker.queues)
+    assert worker.job_class is TrackedJob

@@ -23,7 +23,7 @@ from shared.redis import redis_time_micros
 from shared.settings import Settings
 from shared.status import Status
 from shared.tasks import RUNNER
-from tests.helpers import indexed, record
+from tests.helpers import index_view, indexed, record, rq_view
 from worker import repair
 from worker.main import TrackingMixin
 
@@ -174,12 +174,15 @@ def test_non_final_entries_are_never_trimmed_while_rq_holds_them(
     waiting = queue.enqueue_in(dt.timedelta(days=30), RUNNER, "echo", {})
     conn.zadd(keys.status_index_key(Status.QUEUED), {waiting.id: 1})
     # RQ still keeps the finished job (result_ttl -1); the index keeps it for the retention only.
-    record(index, "ancient-done", JobStatus.FINISHED)
-    conn.zadd(keys.status_index_key(Status.DONE), {"ancient-done": 1})
+    done = queue.enqueue_task("echo", {})
+    conn.lrem(queue.key, 0, done.id)
+    record(index, done.id, JobStatus.FINISHED)
+    conn.zadd(keys.status_index_key(Status.DONE), {done.id: 1})
     report = repair.repair_pass(index)
     assert report.trimmed == 1
     assert conn.zscore(keys.status_index_key(Status.QUEUED), waiting.id) == 1
-    assert status_of(conn, "ancient-done") is None
+    assert status_of(conn, done.id) is None
+    assert conn.exists(done.key)
 
 
 def test_each_call_is_bounded_by_the_batch(conn: redis.Redis, index: StatusIndex) -> None:
@@ -200,7 +203,10 @@ def test_the_pass_counts_repairs_in_redis(conn: redis.Redis, index: StatusIndex)
     conn.delete(keys.rq_job_key("ghost"))
     repair.repair_pass(index)
     repair.repair_pass(index)
-    assert conn.hgetall(keys.repairs_key()) == {b"removed": b"1", b"moved": b"0", b"added": b"0"}
+    assert conn.hgetall(keys.repairs_key()) == {b"removed": b"1"}
+    Queue("default", connection=conn).enqueue(RUNNER, "echo", {})
+    repair.repair_pass(index)
+    assert conn.hgetall(keys.repairs_key()) == {b"removed": b"1", b"added": b"1"}
 
 
 def test_the_lease_lets_one_pass_start_per_interval(conn: redis.Redis, index: StatusIndex) -> None:
@@ -213,15 +219,101 @@ def test_the_lease_lets_one_pass_start_per_interval(conn: redis.Redis, index: St
     assert repair.repair_when_due(index, 30, "worker-b") is not None
 
 
-def test_a_job_being_written_without_status_is_left_alone(
+def test_a_job_without_a_status_is_left_alone(
+    conn: redis.Redis, index: StatusIndex, queue: TrackedQueue
+) -> None:
+    """A job RQ holds without a status field (RQ reads it as "created") keeps its entry."""
+    job = queue.enqueue_task("echo", {})
+    conn.hdel(job.key, "status")
+    assert repair.repair_pass(index).changed == 0
+    assert status_of(conn, job.id) is Status.QUEUED
+
+
+def test_a_stub_without_data_leaves_the_index(
+    conn: redis.Redis, index: StatusIndex, queue: TrackedQueue
+) -> None:
+    """A hash RQ cannot read as a job (a late status or meta write after a deletion) is gone."""
+    job = queue.enqueue_task("echo", {})
+    conn.delete(job.key)
+    conn.hset(job.key, mapping={"status": "finished", "meta": "{}"})
+    report = repair.repair_pass(index)
+    assert report.counts["removed"] == 1
+    assert status_of(conn, job.id) is None
+
+
+def test_a_second_entry_in_another_set_is_removed(
+    conn: redis.Redis, index: StatusIndex, queue: TrackedQueue
+) -> None:
+    """A job listed in two sets keeps only the entry of the status RQ gives it."""
+    job = queue.enqueue_task("echo", {})
+    conn.zadd(keys.status_index_key(Status.FAILED), {job.id: 1})
+    report = repair.repair_pass(index)
+    assert report.counts == {"removed": 1, "moved": 0, "added": 0}
+    assert index_view(conn) == rq_view(conn) == {job.id: Status.QUEUED}
+    assert conn.zscore(keys.status_index_key(Status.FAILED), job.id) is None
+
+
+def test_a_queue_read_from_its_tail_misses_nothing_a_worker_pops(
     conn: redis.Redis, index: StatusIndex
 ) -> None:
-    """A job hash without a status field (half-written by someone) is neither removed nor moved."""
-    record(index, "half", JobStatus.QUEUED)
-    conn.hdel(keys.rq_job_key("half"), "status")
-    conn.hset(keys.rq_job_key("half"), "origin", "default")
-    assert repair.repair_pass(index).changed == 0
-    assert status_of(conn, "half") is Status.QUEUED
+    """Jobs popped at the head between two steps never make the pass skip a waiting job."""
+    plain = Queue("default", connection=conn)
+    jobs = [plain.enqueue(RUNNER, "echo", {"n": n}) for n in range(6)]
+    script_keys = [
+        *keys.status_index_keys(),
+        keys.transitions_key(),
+        keys.repairs_key(),
+        plain.key,
+    ]
+
+    def step(cursor: str) -> str:
+        reply = conn.eval(
+            repair.REPAIR_LUA, len(script_keys), *script_keys, "rq:job:", 60, cursor, 2, "list", 1
+        )
+        return str(reply[0].decode())
+
+    cursor = step("0")
+    # A worker takes the two oldest jobs (as BLMOVE/LPOP do) between two steps of the pass.
+    conn.lpop(plain.key, 2)
+    while cursor != "0":
+        cursor = step(cursor)
+    assert set(index_view(conn)) == {job.id for job in jobs[2:]}
+
+
+def test_a_pass_stops_when_its_lease_goes_to_another_worker(
+    monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, index: StatusIndex
+) -> None:
+    """Asked about once a second, a lost lease stops the pass where it is."""
+    clock = iter(float(n) for n in range(1000))
+    monkeypatch.setattr(repair.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(repair.time, "sleep", lambda seconds: None)
+    asked: list[int] = []
+
+    def still_ours() -> bool:
+        asked.append(1)
+        return len(asked) < 3
+
+    report = repair.repair_pass(index, still_ours=still_ours)
+    assert not report.complete
+    assert len(asked) == 3
+    assert report.calls == 3
+
+
+def test_the_lease_is_renewed_only_by_its_owner(conn: redis.Redis) -> None:
+    """The renewal keeps the owner's lease for the grace, and never touches someone else's."""
+    lease = keys.repair_lease_key()
+    renew = conn.register_script(repair.RENEW_LUA)
+    conn.set(lease, "a", ex=2)
+    assert renew(keys=[lease], args=["a", 10]) == 1
+    assert 9 <= conn.ttl(lease) <= 10
+    conn.expire(lease, 30)
+    assert renew(keys=[lease], args=["a", 10]) == 1
+    assert conn.ttl(lease) > 10
+    assert renew(keys=[lease], args=["b", 10]) == 0
+    assert conn.get(lease) == b"a"
+    conn.delete(lease)
+    assert renew(keys=[lease], args=["a", 10]) == 0
+    assert conn.get(lease) is None
 
 
 def test_plain_job_classes_are_untouched_by_the_repair(
@@ -305,7 +397,7 @@ def test_run_forever_repairs_until_its_parent_goes(
     monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, settings: Settings
 ) -> None:
     """The child's loop runs passes under the lease while its parent lives, then returns."""
-    parents = iter([100, 100, 100, 1])
+    parents = iter([100, 100, 1])
     monkeypatch.setattr(repair.os, "getppid", lambda: next(parents))
     naps: list[float] = []
     monkeypatch.setattr(repair.time, "sleep", naps.append)
@@ -315,7 +407,7 @@ def test_run_forever_repairs_until_its_parent_goes(
     monkeypatch.setattr(repair.signal, "signal", lambda sig, h: handlers.append((sig, h)))
     record(StatusIndex(conn, 60), "ghost", JobStatus.QUEUED)
     conn.delete(keys.rq_job_key("ghost"))
-    repair.run_forever(settings)
+    repair.run_forever(settings, 100)
     assert handlers == [(signal.SIGINT, signal.SIG_IGN)]
     assert configured == [(settings.log_level, settings.log_format)]
     assert indexed(conn, "ghost") is None
@@ -325,30 +417,46 @@ def test_run_forever_repairs_until_its_parent_goes(
         rf"{re.escape(os.uname().nodename)}:{os.getpid()}:[0-9a-f]{{8}}", owner.decode()
     )
     assert 0 < conn.ttl(keys.repair_lease_key()) <= settings.repair_interval
-    # Two loops ran (the parent was 100 twice after the first look): each rests LEASE_POLL.
+    # Two loops ran (the parent was alive twice): each rests LEASE_POLL.
     assert naps.count(repair.LEASE_POLL) == 2
 
 
-def test_run_forever_survives_redis_errors(
+def test_run_forever_survives_any_failed_pass(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     settings: Settings,
 ) -> None:
-    """A pass cut short by Redis is logged as a warning, and the loop goes on."""
-    parents = iter([100, 100, 100, 1])
+    """A pass cut short by Redis logs a warning, any other failure its traceback; it goes on."""
+    parents = iter([100, 100, 1])
     monkeypatch.setattr(repair.os, "getppid", lambda: next(parents))
     monkeypatch.setattr(repair.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(repair, "configure_logging", lambda level, fmt: None)
     monkeypatch.setattr(repair.signal, "signal", lambda sig, h: None)
-    attempts: list[str] = []
+    failures: list[Exception] = [redis.ConnectionError("gone"), KeyError("surprise")]
 
     def broken(index: StatusIndex, interval: int, owner: str) -> None:
-        attempts.append(owner)
-        raise redis.ConnectionError("gone")
+        raise failures.pop(0)
 
     monkeypatch.setattr(repair, "repair_when_due", broken)
     with caplog.at_level(logging.WARNING, logger="worker.repair"):
-        repair.run_forever(settings)
-    assert len(attempts) == 2
-    warnings = [r.getMessage() for r in caplog.records if r.name == "worker.repair"]
-    assert warnings == ["repair pass interrupted, Redis unreachable: gone"] * 2
+        repair.run_forever(settings, 100)
+    assert failures == []
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "worker.repair"]
+    assert logged == [
+        (logging.WARNING, "repair pass interrupted, Redis unreachable: gone"),
+        (logging.ERROR, "repair pass failed"),
+    ]
+    assert caplog.records[-1].exc_info is not None
+
+
+def test_run_forever_ends_when_its_parent_is_already_gone(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """A child whose parent died before its loop began ends at once, running no pass."""
+    monkeypatch.setattr(repair.os, "getppid", lambda: 1)
+    monkeypatch.setattr(repair, "configure_logging", lambda level, fmt: None)
+    monkeypatch.setattr(repair.signal, "signal", lambda sig, h: None)
+    ran: list[str] = []
+    monkeypatch.setattr(repair, "repair_when_due", lambda *args: ran.append("pass"))
+    repair.run_forever(settings, 4242)
+    assert ran == []
