@@ -310,9 +310,11 @@ def _name(command: bytes, source: bool = False) -> str:
     words = command.split()
     if words[0].upper() == b"EVALSHA" and len(words) > 1 and words[1] in SCRIPTS:
         name = f"EVALSHA {SCRIPTS[words[1]]}"
-        # EVALSHA sha numkeys, then the keys: the index sets, the transitions hash, the source.
-        if source and name == "EVALSHA repair" and len(words) > 3 + len(STATUSES) + 1:
-            name += " " + words[3 + len(STATUSES) + 1].decode(errors="replace")
+        # EVALSHA sha numkeys, then the keys: the index sets, the transitions and repairs
+        # hashes, the source.
+        at = 3 + len(STATUSES) + 2
+        if source and name == "EVALSHA repair" and len(words) > at:
+            name += " " + words[at].decode(errors="replace")
         return name
     return b" ".join(words[:2]).decode(errors="replace")
 
