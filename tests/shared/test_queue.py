@@ -177,10 +177,11 @@ def test_a_bounded_enqueue_refuses_jobs_it_could_not_take_back(
     """A job with dependencies, or on a synchronous queue, is refused before anything is sent."""
     parent = queue.enqueue_task("echo", {})
     child = queue.create_job(tasks.RUNNER, args=("echo", {}), depends_on=parent)
-    with pytest.raises(ValueError, match="without dependencies"):
+    message = "^a bounded enqueue takes a new job without dependencies, run async$"
+    with pytest.raises(ValueError, match=message):
         queue.enqueue_bounded(child, 1)
     sync = TrackedQueue("default", connection=conn, is_async=False)
-    with pytest.raises(ValueError, match="run async"):
+    with pytest.raises(ValueError, match=message):
         sync.enqueue_bounded(new_job(sync), 1)
     assert waiting(conn) == [parent.id]
 
@@ -215,3 +216,13 @@ class CustomJob(TrackedJob):
 def test_tracked_subclass_keeps_subclasses_named_or_given(given: object, expected: type) -> None:
     """A class or dotted name of a tracked subclass is kept; anything else gives way."""
     assert tracked_subclass(given, TrackedJob) is expected  # type: ignore[arg-type]
+
+
+def test_enqueue_task_passes_enqueue_options_on(conn: redis.Redis, queue: TrackedQueue) -> None:
+    """at_front and pipeline reach RQ's enqueue, not the job: the job joins the head, in EXEC."""
+    first = queue.enqueue_task("echo", {})
+    with conn.pipeline() as pipe:
+        second = queue.enqueue_task("echo", {}, at_front=True, pipeline=pipe)
+        assert waiting(conn) == [first.id]
+        pipe.execute()
+    assert waiting(conn) == [second.id, first.id]

@@ -460,3 +460,73 @@ def test_run_forever_ends_when_its_parent_is_already_gone(
     monkeypatch.setattr(repair, "repair_when_due", lambda *args: ran.append("pass"))
     repair.run_forever(settings, 4242)
     assert ran == []
+
+
+class SteppingClock:
+    """Stands in for time.perf_counter: each reading is `step` seconds after the last."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        """Advance and return the time."""
+        self.now += self.step
+        return self.now
+
+
+def test_a_long_pass_keeps_its_lease(
+    monkeypatch: pytest.MonkeyPatch, conn: redis.Redis, index: StatusIndex
+) -> None:
+    """A pass whose calls outlast the lease renews it for the grace, and finishes."""
+    monkeypatch.setattr(repair.time, "perf_counter", SteppingClock(0.6))
+    monkeypatch.setattr(repair.time, "sleep", lambda seconds: None)
+    lease = keys.repair_lease_key()
+    # A 5 s lease: the renewals during the pass (12 calls of 1.2 s each) keep it at the grace.
+    report = repair.repair_when_due(index, 5, "me")
+    assert report is not None and report.complete
+    assert conn.get(lease) == b"me"
+    assert repair.LEASE_GRACE - 1 <= conn.ttl(lease) <= repair.LEASE_GRACE
+
+
+def test_a_pass_whose_lease_was_taken_stops_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    conn: redis.Redis,
+    index: StatusIndex,
+) -> None:
+    """When another worker holds the lease at a renewal, the pass stops, logged as a warning."""
+    monkeypatch.setattr(repair.time, "perf_counter", SteppingClock(0.6))
+    monkeypatch.setattr(
+        repair.time, "sleep", lambda seconds: conn.set(keys.repair_lease_key(), "thief")
+    )
+    with caplog.at_level(logging.WARNING, logger="worker.repair"):
+        report = repair.repair_when_due(index, 30, "me")
+    assert report is not None and report.complete is False
+    assert conn.get(keys.repair_lease_key()) == b"thief"
+    assert [r.getMessage() for r in caplog.records if r.name == "worker.repair"] == [
+        "repair pass stopped: its lease went to another worker"
+    ]
+
+
+@pytest.mark.parametrize(("step", "calls"), [(0.5, 1), (0.25, 2), (0.1, 4)])
+def test_the_lease_is_asked_about_once_a_second(
+    monkeypatch: pytest.MonkeyPatch, index: StatusIndex, step: float, calls: int
+) -> None:
+    """still_ours is asked only when a full second has passed since the last time."""
+    clock = SteppingClock(step)
+    monkeypatch.setattr(repair.time, "perf_counter", clock)
+    monkeypatch.setattr(repair.time, "sleep", lambda seconds: None)
+    asked: list[float] = []
+
+    def still_ours() -> bool:
+        asked.append(clock.now)
+        return False
+
+    report = repair.repair_pass(index, still_ours=still_ours)
+    # Each call reads the clock twice, then once to see if a second has passed: the first
+    # question (and, answered False, the stop) comes after the call that crosses 1 s.
+    assert len(asked) == 1
+    assert report.complete is False
+    assert report.calls == calls
+    assert report.seconds == pytest.approx(asked[0] - step)
