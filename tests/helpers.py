@@ -524,6 +524,21 @@ def describe_job(client: FlaskClient, job_id: str) -> dict[str, Any]:
     return response
 
 
+def run_rq(server: RedisServer, args: list[str], **env: str) -> str:
+    """Run RQ's own `rq` command with `args` (and the service's environment plus `env`) against
+    the test Redis; assert it succeeds and return its output."""
+    done = subprocess.run(
+        [str(BIN / "rq"), *args],
+        env=service_env(server.url, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
 def submit(client: FlaskClient, task: str = "echo", payload: Any = None, **fields: Any) -> str:
     """Submit `task` with `payload`, assert it is accepted, and return the job id."""
     body: dict[str, Any] = {"task": task, "payload": payload or {}, **fields}

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from collections.abc import Callable
 
 import redis
 from flask import Flask
-from flask.testing import FlaskClient
 
 from shared import keys
 from shared.index import parse_transitions
 from shared.status import Status
-from tests.helpers import AUTH, BIN, ROOT, RedisServer, index_view, rq_view, service_env
+from tests.helpers import ROOT, RedisServer, index_view, rq_view, run_rq, submit
 
 README = ROOT / "README.md"
 SECTION = "## RQ's own tools"
@@ -42,26 +40,9 @@ def readme_commands() -> dict[str, list[str]]:
     return commands
 
 
-def run_rq(argv: list[str], server: RedisServer, *extra: str) -> str:
+def run_readme_rq(argv: list[str], server: RedisServer, *extra: str) -> str:
     """Run one README `rq` command against the test Redis; return its output."""
-    argv = [str(BIN / "rq"), *(server.url if a == "$REDIS_URL" else a for a in argv[1:]), *extra]
-    done = subprocess.run(
-        argv,
-        env=service_env(server.url),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
-
-
-def submit(client: FlaskClient, task: str, payload: dict[str, object]) -> str:
-    """Submit a job over HTTP; return its id."""
-    resp = client.post("/v1/toolkit/jobs", json={"task": task, "payload": payload}, headers=AUTH)
-    assert resp.status_code == 202, resp.get_json()
-    return str(resp.get_json()["job_id"])
+    return run_rq(server, [server.url if a == "$REDIS_URL" else a for a in argv[1:]] + list(extra))
 
 
 def test_readme_rq_commands_serve_http_jobs_and_keep_the_index_exact(
@@ -73,7 +54,7 @@ def test_readme_rq_commands_serve_http_jobs_and_keep_the_index_exact(
     done = submit(client, "echo", {"n": 1})
     failed = submit(client, "fail", {"message": "once"})
 
-    run_rq(commands["worker"], redis_server, "--burst")
+    run_readme_rq(commands["worker"], redis_server, "--burst")
     assert index_view(conn) == rq_view(conn) == {done: Status.DONE, failed: Status.FAILED}
     assert parse_transitions(conn.hgetall(keys.transitions_key())) == {
         ("new", "queued"): 2,
@@ -82,12 +63,12 @@ def test_readme_rq_commands_serve_http_jobs_and_keep_the_index_exact(
         ("running", "failed"): 1,
     }
 
-    run_rq(commands["requeue"], redis_server)
+    run_readme_rq(commands["requeue"], redis_server)
     assert index_view(conn) == rq_view(conn) == {done: Status.DONE, failed: Status.QUEUED}
 
     waiting = submit(client, "echo", {"n": 2})
     assert index_view(conn)[waiting] is Status.QUEUED
-    run_rq(commands["empty"], redis_server)
+    run_readme_rq(commands["empty"], redis_server)
     assert index_view(conn) == rq_view(conn) == {done: Status.DONE}
 
 

@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import os
 import signal
-import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -28,10 +27,8 @@ from shared.queue import TrackedQueue
 from shared.status import Status
 from shared.tasks import RUNNER
 from tests.helpers import (
-    BIN,
     JOB_STATUS,
     JOBS_STATUS,
-    ROOT,
     Observed,
     Process,
     RedisServer,
@@ -40,7 +37,7 @@ from tests.helpers import (
     index_view,
     post,
     rq_view,
-    service_env,
+    run_rq,
     submit,
     wait_for,
 )
@@ -60,16 +57,9 @@ TRACKED_WORKER = ("-w", "worker.main.TrackedWorker")
 
 def rq(redis_server: RedisServer, command: str, *args: str) -> str:
     """Run RQ's own `rq <command>` against the test Redis, assert it succeeds, return its output."""
-    done = subprocess.run(
-        [str(BIN / "rq"), command, "--url", redis_server.url, *args],
-        env=service_env(redis_server.url, TASK_MODULES=TOOLS_TASKS),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return run_rq(
+        redis_server, [command, "--url", redis_server.url, *args], TASK_MODULES=TOOLS_TASKS
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
 
 
 def transitions(conn: redis.Redis) -> dict[tuple[str, str], int]:
