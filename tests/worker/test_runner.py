@@ -3,7 +3,6 @@ and jobs that name its path from before the catalog moved still run."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -15,7 +14,7 @@ from rq.job import Job, JobStatus
 
 from shared import tasks
 from shared.job import LEGACY_RUNNER
-from tests.helpers import AUTH, BIN, ROOT, RedisServer, service_env
+from tests.helpers import AUTH, RedisServer, run_rq
 from worker.main import TrackingMixin
 
 SAMPLE = "tests.sample_tasks"
@@ -60,19 +59,15 @@ def test_plain_rq_worker_runs_a_job_submitted_over_http(
         resp = client.post("/v1/toolkit/jobs", json=body, headers=AUTH)
         assert resp.status_code == 202, resp.get_json()
         ids.append(resp.get_json()["job_id"])
-    done = subprocess.run(
-        [str(BIN / "rq"), "worker", "--burst", "--url", redis_server.url, "default"],
-        env=service_env(redis_server.url, TASK_MODULES=SAMPLE),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    output = run_rq(
+        redis_server,
+        ["worker", "--burst", "--url", redis_server.url, "default"],
+        TASK_MODULES=SAMPLE,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     echo, reverse = (Job.fetch(job_id, connection=conn) for job_id in ids)
-    assert echo.get_status() == JobStatus.FINISHED, done.stderr
+    assert echo.get_status() == JobStatus.FINISHED, output
     assert echo.return_value() == {"n": 3}
-    assert reverse.get_status() == JobStatus.FINISHED, done.stderr
+    assert reverse.get_status() == JobStatus.FINISHED, output
     assert reverse.return_value() == {"text": "cba"}
 
 
