@@ -132,6 +132,16 @@ class Settings:
     worker_class: WorkerClass = "fork"
     task_modules: tuple[str, ...] = ()
     max_request_bytes: int = 1024 * 1024
+    # Seconds a client has to send a request's line and headers, then its body (the server
+    # set-up in docs/deployment.md); connections each API worker process serves at once.
+    header_timeout: int = 10
+    body_timeout: int = 30
+    max_connections: int = 1000
+    # Submissions are refused (503) once Redis's used memory reaches this percent of its
+    # maxmemory, so that running jobs always have room for their results (docs/reliability.md).
+    submit_memory_percent: int = 80
+    # A job whose pickled result is larger fails with a clear error instead of filling Redis.
+    max_result_bytes: int = 1024 * 1024
     redis_timeout: float = 2.0
     job_timeout: int = 3660
     maintenance_interval: int = 15
@@ -179,6 +189,15 @@ class Settings:
             task_modules=read("TASK_MODULES", _modules, defaults.task_modules),
             max_request_bytes=read(
                 "MAX_REQUEST_BYTES", _int(1024, 64 * 1024 * 1024), defaults.max_request_bytes
+            ),
+            header_timeout=read("HEADER_TIMEOUT", _int(1, 300), defaults.header_timeout),
+            body_timeout=read("BODY_TIMEOUT", _int(1, 3600), defaults.body_timeout),
+            max_connections=read("MAX_CONNECTIONS", _int(10, 100_000), defaults.max_connections),
+            submit_memory_percent=read(
+                "SUBMIT_MEMORY_PERCENT", _int(1, 99), defaults.submit_memory_percent
+            ),
+            max_result_bytes=read(
+                "MAX_RESULT_BYTES", _int(1024, 512 * 1024 * 1024), defaults.max_result_bytes
             ),
             redis_timeout=read("REDIS_TIMEOUT", _float(0.1, 60), defaults.redis_timeout),
             job_timeout=read("JOB_TIMEOUT", _int(1, 7 * DAY), defaults.job_timeout),
