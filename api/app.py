@@ -26,9 +26,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings if settings is not None else Settings.from_env()
     settings.require_api_key()
     configure_logging(settings.log_level, settings.log_format)
-    tasks.load(settings.task_modules)
+    tasks.load(settings.task_modules, settings.max_result_bytes)
 
     app = Flask(__name__)
+    # Werkzeug would answer a path with repeated slashes with an HTML redirect: no redirect,
+    # the path simply matches no route (a JSON 404).
+    app.url_map.merge_slashes = False
     app.json = FastJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     # Flask would answer OPTIONS itself with an empty text/html 200; let it be a JSON 405.

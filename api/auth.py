@@ -23,9 +23,14 @@ def require_api_key() -> None:
 
 def require_api_key_or_bearer() -> None:
     """Refuse with 401 unless the key comes in x-api-key or as `Authorization: Bearer <key>`."""
-    bearer = bearer_token(request.headers.get("Authorization", ""))
-    if not (_is_key(request.headers.get(API_KEY_HEADER, "")) or _is_key(bearer)):
+    if not has_api_key():
         raise ApiError(401, "Unauthorized")
+
+
+def has_api_key() -> bool:
+    """Return whether the request carries the key in x-api-key or as a Bearer token."""
+    bearer = bearer_token(request.headers.get("Authorization", ""))
+    return _is_key(request.headers.get(API_KEY_HEADER, "")) or _is_key(bearer)
 
 
 def bearer_token(header: str) -> str:

@@ -4,19 +4,63 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response
-from redis.exceptions import RedisError
+from flask import Flask, Response, request
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TimeoutError,
+)
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import RequestRedirect
 
+from api.context import services
 from api.errors import ApiError
 from api.responses import reply
 from shared.exceptions import IndexNotFoundError
 
 logger = logging.getLogger(__name__)
 
+# What each endpoint was doing, to name a Redis failure in words.
+ACTIONS = {
+    "jobs.jobs_status": "Failed to retrieve job statuses",
+    "jobs.job_status": "Failed to retrieve the job's status",
+    "jobs.submit": "Failed to submit the job",
+}
+DEFAULT_ACTION = "Request failed"
+
+
+def redis_failure(exc: RedisError) -> str | None:
+    """Return in words why Redis could not serve, or None for an error of ours, not Redis's."""
+    # Checked before ConnectionError, its base class.
+    if isinstance(exc, BusyLoadingError):
+        return "Redis is loading its data"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return "Redis unavailable"
+    if isinstance(exc, OutOfMemoryError):
+        return "Redis is out of memory"
+    if isinstance(exc, ReadOnlyError):
+        return "Redis is read-only"
+    if str(exc).startswith("MISCONF"):
+        # Redis refuses writes after a failed snapshot (stop-writes-on-bgsave-error).
+        return "Redis refuses writes"
+    return None
+
 
 def register_error_handlers(app: Flask) -> None:
     """Install handlers so that every failure answers with the JSON envelope."""
+
+    @app.after_request
+    def json_redirect(resp: Response) -> Response:
+        # Flask hands routing redirects (a missing trailing slash) past every error handler,
+        # as Werkzeug's HTML page: answer them with the envelope, Location kept.
+        # (A hook that answered first, the login check, leaves its own answer alone.)
+        location = resp.headers.get("Location")
+        if isinstance(request.routing_exception, RequestRedirect) and location is not None:
+            return reply(resp.status_code, f"Moved to {location}", headers={"Location": location})
+        return resp
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
@@ -39,8 +83,16 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RedisError)
     def redis_error(exc: RedisError) -> Response:
-        logger.error("Redis error: %s", exc)
-        return reply(500, f"Redis error: {exc}", queue_length=None)
+        # Redis's own words (command text, key names, its address) go to the log only.
+        logger.error(
+            "%s %s: Redis error: %s: %s", request.method, request.path, type(exc).__name__, exc
+        )
+        action = ACTIONS.get(request.endpoint or "", DEFAULT_ACTION)
+        failure = redis_failure(exc)
+        if failure is None:
+            return reply(500, f"{action}: internal error", queue_length=None)
+        retry = str(services().settings.retry_after_seconds)
+        return reply(503, f"{action}: {failure}", headers={"Retry-After": retry}, queue_length=None)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

@@ -1,12 +1,18 @@
-"""The health endpoint: open to all, 200 when Redis answers and 503 when it does not."""
+"""The health endpoint: open to all, 200 while Redis answers and takes writes, else 503.
+
+Without the key it says only that; with it (x-api-key or Bearer), what it read from Redis.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Blueprint, Response
 from redis.exceptions import RedisError
 
+from api import redis_health
+from api.auth import has_api_key
 from api.context import services
 from api.responses import reply
 
@@ -17,10 +23,26 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/health")
 def health() -> Response:
-    """Return 200 when Redis answers a PING, else 503."""
+    """Return 200 when Redis answers and accepts writes, else 503."""
+    svc = services()
     try:
-        services().redis.ping()
+        state = redis_health.check(svc.redis, svc.queue, svc.budget)
     except RedisError as exc:
-        logger.warning("health check: Redis unavailable: %s", exc)
-        return reply(503, f"Redis unavailable: {exc}", queue_length=None)
-    return reply(200, "healthy", response={"redis": "ok"})
+        logger.warning("health check: Redis unavailable: %s: %s", type(exc).__name__, exc)
+        return _answer(503, "Redis unavailable", {"redis": "unavailable"})
+    details = {
+        "redis": "ok" if state.writable else "refusing writes",
+        "used_memory": state.used_memory,
+        "maxmemory": state.maxmemory,
+        "accepting_jobs": state.accepting_jobs,
+    }
+    if not state.writable:
+        return _answer(503, "Redis refuses writes", details)
+    return _answer(200, "healthy", details)
+
+
+def _answer(code: int, detail: str, details: dict[str, Any]) -> Response:
+    if has_api_key():
+        return reply(code, detail, response=details)
+    # Anyone may ask; only the key holder learns more than healthy or not.
+    return reply(code, "healthy" if code == 200 else "unhealthy", queue_length=None)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response
-from redis.exceptions import RedisError
+from flask import Blueprint, Response, stream_with_context
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -14,13 +14,13 @@ from api import validation, webhooks
 from api.auth import require_api_key
 from api.body import request_body
 from api.context import services
-from api.encoding import statuses_json
+from api.encoding import statuses_json, streamed_envelope, streamed_statuses
 from api.errors import ApiError
 from api.request_metrics import REFUSED_SUBMISSIONS
 from api.responses import reply
 from shared import tasks
 from shared.job import TrackedJob, log_transition
-from shared.queue import QueueFullError
+from shared.queue import MemoryFullError, QueueFullError
 from shared.status import Status, from_rq
 
 bp = Blueprint("jobs", __name__)
@@ -32,12 +32,20 @@ def jobs_status() -> Response:
     """Return {job_id: status} for every job whose state changed in the last since_seconds."""
     svc = services()
     since = validation.since_seconds(request_body(), svc.settings.retention_seconds)
-    try:
-        window = svc.index.window_ids(since, svc.settings.queue_name)
-    except RedisError as exc:
-        raise ApiError(500, f"Failed to retrieve job statuses: {exc}", queue_length=None) from exc
-    response = statuses_json(window.ids)
-    return reply(200, "success", response=response, queue_length=window.queue_length)
+    # Read before the answer starts: a Redis failure or a missing index still sets its status.
+    window = svc.index.window(since, svc.settings.queue_name)
+    if window.complete:
+        response = statuses_json(window.ids)
+        return reply(200, "success", response=response, queue_length=window.queue_length)
+
+    # Larger than one read: streamed, a batch at a time, so memory stays flat and each Redis
+    # command short (docs/index-layout.md, "Reading a window").
+    def envelope(response: Any) -> bytes:
+        return reply(200, "success", response=response, queue_length=window.queue_length).get_data()
+
+    parts = streamed_statuses(itertools.chain([window.ids], window.rest))
+    body = stream_with_context(streamed_envelope(envelope, parts))
+    return Response(body, status=200, mimetype="application/json")
 
 
 @bp.post("/v1/toolkit/job/status")
@@ -79,9 +87,18 @@ def submit() -> Response:
         meta=_meta(body.get("id"), wanted.webhook_url),
     )
     try:
-        queue_length = svc.queue.enqueue_bounded(job, limit)
+        queue_length = svc.queue.enqueue_bounded(job, limit, svc.budget)
+    except MemoryFullError as full:
+        REFUSED_SUBMISSIONS.labels("memory").inc()
+        raise ApiError(
+            503,
+            "Redis is too full to accept more jobs: try again later",
+            headers={"Retry-After": str(svc.settings.retry_after_seconds)},
+            queue_length=full.length,
+            max_queue_length=max_queue_length,
+        ) from None
     except QueueFullError as full:
-        REFUSED_SUBMISSIONS.inc()
+        REFUSED_SUBMISSIONS.labels("queue_full").inc()
         raise ApiError(
             429,
             f"MAX_QUEUE_LENGTH ({limit}) reached",

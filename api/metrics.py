@@ -25,5 +25,5 @@ def metrics() -> Response:
         MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     else:
         registry.register(REGISTRY)
-    registry.register(RedisCollector(svc.redis, svc.settings.queue_name))
+    registry.register(RedisCollector(svc.redis, svc.queue, svc.budget))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -24,8 +24,14 @@ REQUEST_DURATION = Histogram(
 )
 REFUSED_SUBMISSIONS = Counter(
     f"{PREFIX}submissions_refused",
-    "Submissions refused with 429 because the queue was at MAX_QUEUE_LENGTH.",
+    "Submissions refused: with 429 because the queue held MAX_QUEUE_LENGTH jobs (reason "
+    '"queue_full"), with 503 because Redis had no room for more jobs and their results '
+    '(reason "memory").',
+    ["reason"],
 )
+# Both series from the start, so that a rate over them never misses the first refusal.
+for _reason in ("queue_full", "memory"):
+    REFUSED_SUBMISSIONS.labels(_reason)
 
 
 def method_label(method: str) -> str:

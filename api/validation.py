@@ -25,9 +25,13 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         # JSON on the wire is UTF-8 (RFC 8259); json.loads would also guess UTF-16 and -32.
-        body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        body = json.loads(
+            raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
     except UnicodeDecodeError:
         raise ApiError(400, "Request body is not valid UTF-8") from None
+    except NonFiniteNumberError as exc:
+        raise ApiError(400, f"Request body holds a number out of range: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"Request body is not valid JSON: {_short(exc)}") from None
     if not isinstance(body, dict):
@@ -35,6 +39,17 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if _nesting_depth(body) > MAX_JSON_DEPTH:
         raise ApiError(400, f"Request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+class NonFiniteNumberError(ValueError):
+    """A JSON number too large for a float (1e999): it would come back as null."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumberError(f"{text[:40]} (numbers must be finite)")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the API and one worker in the foreground; a private redis-server (AOF on, data in
-# .data/, or DATA_DIR) when REDIS_URL is unset. Ctrl-C stops everything this script started.
+# .data/, or DATA_DIR; maxmemory REDIS_MAXMEMORY, default 256mb, noeviction) when REDIS_URL is
+# unset. Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -33,6 +34,7 @@ if [ -z "${REDIS_URL:-}" ]; then
   # In its own session, so that Ctrl-C reaches it only through stop_all, after the others.
   setsid redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 --dir "$data" \
     --appendonly yes --appendfsync everysec --save "" --daemonize no \
+    --maxmemory "${REDIS_MAXMEMORY:-256mb}" --maxmemory-policy noeviction \
     --logfile "$data/redis.log" &
   redis_pid=$!
   for _ in $(seq 1 100); do

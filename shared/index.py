@@ -7,10 +7,13 @@ server time of their latest state change, in integer microseconds. The index mar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import OutOfMemoryError
 from rq.job import JobStatus
 
 from shared import keys
@@ -27,6 +30,13 @@ FINAL_STATUSES = (Status.DONE, Status.FAILED, Status.CANCELED)
 REPAIR_KINDS = ("removed", "moved", "added")
 # How many expired entries one trim step removes: small enough never to block Redis.
 TRIM_BATCH = 500
+# How many ids the first read of each status set returns at most when reading a window, then
+# each later read. Measured on 10^6 jobs (docs/benchmarks.md, "Full window"): a read of 10,000
+# takes Redis about 0.4 ms (at most ~1 ms alone; the first MULTI's five, under 5 ms), so a
+# window of 10^4 jobs stays one consistent read; a window larger than that streams in reads of
+# 5,000, whose longest stayed under 5 ms even beside 8 other full windows on 2 cores.
+WINDOW_BATCH = 10_000
+STREAM_BATCH = 5_000
 
 # Remove up to ARGV[2] entries older than ARGV[1] seconds (by this Redis server's clock) from
 # the sorted set KEYS[1]; return how many went. Bounded work per call keeps Redis responsive on
@@ -74,6 +84,18 @@ redis.call('HSET', KEYS[2], 'schema', ARGV[4])
 """
 )
 
+# Read the first batch of every status set (KEYS, in Status order) from score ARGV[1] up, at
+# most ARGV[2] ids each, as one atomic step that Redis runs even when out of memory: over
+# maxmemory it refuses every command queued in a MULTI, reads included, but runs a script
+# declared without writes. Used only then; otherwise the MULTI's plain replies are cheaper.
+FIRST_READ_LUA = """#!lua flags=no-writes
+local ranges = {}
+for i, key in ipairs(KEYS) do
+  ranges[i] = redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+end
+return ranges
+"""
+
 _INDEX_KEYS = keys.status_index_keys()
 
 
@@ -104,12 +126,30 @@ def parse_transitions(raw: dict[bytes, bytes]) -> dict[tuple[str, str], int]:
     return counts
 
 
+# The ids per status of one read of the index, as Redis gave them (raw bytes), in Status order.
+Batch = list[tuple[Status, list[bytes]]]
+
+
 @dataclass(frozen=True)
 class WindowIds:
     """The ids (raw bytes) per status whose latest change falls in a window; the queue length."""
 
-    ids: list[tuple[Status, list[bytes]]]
+    ids: Batch
     queue_length: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window's first read (`ids`), the queue length, and the reads that remain, if any.
+
+    When `complete`, `ids` is the whole window, one consistent snapshot; else `rest` yields the
+    remaining ids, one status set's batch at a time (docs/index-layout.md, "Reading a window").
+    """
+
+    ids: Batch
+    queue_length: int
+    complete: bool
+    rest: Iterator[Batch]
 
 
 def window_start(now_micros: int, since_seconds: float) -> int:
@@ -124,28 +164,90 @@ class StatusIndex:
         self.connection = connection
         self.retention_seconds = retention_seconds
         self._trim = connection.register_script(TRIM_LUA)
+        self._first_read = connection.register_script(FIRST_READ_LUA)
         self._index_keys = keys.status_index_keys()
 
-    def window_ids(self, since_seconds: float, queue_name: str) -> WindowIds:
-        """Return the raw ids per status changed in the last `since_seconds`, by Redis time."""
+    def window(self, since_seconds: float, queue_name: str, batch: int | None = None) -> Window:
+        """Return the first batch of ids per status changed in the last `since_seconds`."""
+        size = WINDOW_BATCH if batch is None else batch
         # Two round trips beat one Lua script here: a script's reply of 10^4 ids passes through
         # Lua tables both ways and costs about twice as much as plain ZRANGEBYSCORE replies
-        # (docs/benchmarks.md). MULTI keeps the five ranges one consistent snapshot.
+        # (docs/benchmarks.md). MULTI keeps the five first batches one consistent snapshot.
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.exists(keys.marker_key())
             pipe.llen(keys.rq_queue_key(queue_name))
-            now, marker, queue_length = pipe.execute()
+            now_reply, marker, queue_length = pipe.execute()
         if not marker:
             raise IndexNotFoundError("Jobs directory not found")
-        low = window_start(time_micros(now), since_seconds)
-        with self.connection.pipeline(transaction=True) as pipe:
-            for key in self._index_keys:
-                pipe.zrangebyscore(key, low, "+inf")
-            ranges = pipe.execute()
-        return WindowIds(
-            ids=list(zip(STATUSES, ranges, strict=True)), queue_length=int(queue_length)
-        )
+        now = time_micros(now_reply)
+        low = window_start(now, since_seconds)
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                for key in self._index_keys:
+                    pipe.zrangebyscore(key, low, "+inf", start=0, num=size)
+                ranges = pipe.execute()
+        except OutOfMemoryError:
+            ranges = self._first_read(keys=self._index_keys, args=[low, size])
+        ids: Batch = []
+        unread: list[tuple[Status, str]] = []
+        for status, key, members in zip(STATUSES, self._index_keys, ranges, strict=True):
+            if len(members) < size:
+                ids.append((status, members))
+            else:
+                # Read again from the start in batches that end at a score boundary: this batch
+                # cannot say where its last score's entries begin without every score (WITHSCORES
+                # costs Redis about seven times the plain reply).
+                ids.append((status, []))
+                unread.append((status, key))
+        rest = self._rest(unread, low, now, min(size, STREAM_BATCH))
+        return Window(ids=ids, queue_length=int(queue_length), complete=not unread, rest=rest)
+
+    def _rest(
+        self, unread: list[tuple[Status, str]], low: int, now: int, size: int
+    ) -> Iterator[Batch]:
+        """Yield each unread set's window [low, now] in batches of at most `size` ids."""
+        # Up to `now`, not +inf: a job that changes during the read gets a score above `now`,
+        # so no read meets it twice. Each batch is every entry from `start` up to, not
+        # including, the score of the size-th entry, so the next starts at a score's first
+        # entry: no offset, and nothing to remember of what was sent.
+        for status, key in unread:
+            start: float | str = low
+            while True:
+                edge = self.connection.zrangebyscore(
+                    key, start, now, start=size - 1, num=1, withscores=True
+                )
+                if not edge:
+                    # Fewer than a batch left; none can arrive, new scores being above `now`.
+                    members = self._ids(key, start, now)
+                    if members:
+                        yield [(status, members)]
+                    break
+                score = float(edge[0][1])
+                # repr() of a float is the shortest text that reads back as the same double.
+                above = f"({score!r}"
+                members = self._ids(key, start, above)
+                if members:
+                    start = score
+                else:
+                    # One score fills the whole batch: read that score whole, go on above it.
+                    # The service scores at most 200 entries at one TIME (a repair step).
+                    members = self._ids(key, score, score)
+                    start = above
+                yield [(status, members)]
+
+    def _ids(self, key: str, low: float | str, high: float | str) -> list[bytes]:
+        """Return the ids of the set `key` scored from `low` to `high`, as Redis gave them."""
+        return cast("list[bytes]", self.connection.zrangebyscore(key, low, high))
+
+    def window_ids(self, since_seconds: float, queue_name: str) -> WindowIds:
+        """Return the raw ids per status changed in the last `since_seconds`, by Redis time."""
+        window = self.window(since_seconds, queue_name)
+        ids = {status: list(members) for status, members in window.ids}
+        for batch in window.rest:
+            for status, members in batch:
+                ids[status].extend(members)
+        return WindowIds(ids=list(ids.items()), queue_length=window.queue_length)
 
     def mark(self) -> None:
         """Write the index marker with the schema version."""

@@ -43,6 +43,11 @@ def repairs_key() -> str:
     return f"{PREFIX}repairs"
 
 
+def health_probe_key() -> str:
+    """Return the key /health and /metrics write to learn whether Redis accepts writes."""
+    return f"{PREFIX}health:probe"
+
+
 def rq_queue_key(queue_name: str) -> str:
     """Return RQ's list key for the waiting jobs of `queue_name`."""
     return f"{Queue.redis_queue_namespace_prefix}{queue_name}"

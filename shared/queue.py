@@ -5,6 +5,7 @@ Module-level, so RQ's own tools can name it: `rq empty --queue-class shared.queu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rq import Queue
@@ -18,15 +19,39 @@ from shared.status import Status
 EMPTY_BATCH = 500
 
 # Keep the enqueue made just before, in the same MULTI, only while the queue stays within its
-# limit. Guarantees, atomically and without retries: the queue never holds more than ARGV[2]
-# jobs, and a refused job leaves no trace - its id leaves the list (RQ pushed it last, in this
-# transaction, so it is the tail, or the head for ARGV[3] = "1"), its hash is deleted, its
-# queued entry leaves the index and the "new:queued" transition it counted is taken back.
-# Returns the queue length after the enqueue, or minus the length found when refused.
-# KEYS: queue list, job hash, transitions hash, queued index set. ARGV: job id, limit, at_front.
+# limit and Redis keeps room for the results of every job it has accepted. Guarantees,
+# atomically and without retries:
+# - the queue never holds more than ARGV[2] jobs (0: no limit);
+# - with a maxmemory set, a job is accepted only while Redis's used memory plus ARGV[5] bytes
+#   for each job not yet finished (waiting, this one included, or running: KEYS[5]) stays
+#   under ARGV[4] percent of maxmemory, so every accepted job can store a result of up to
+#   ARGV[5] bytes (docs/reliability.md);
+# - a refused job leaves no trace: its id leaves the list (RQ pushed it last, in this
+#   transaction, so it is the tail, or the head for ARGV[3] = "1"), its hash is deleted, its
+#   queued entry leaves the index and the "new:queued" transition it counted is taken back.
+# Returns {verdict, queue length}: verdict 0 accepted, 1 the queue is full, 2 Redis's memory
+# is; the length is the one after the enqueue, or the one found when refused.
+# KEYS: queue list, job hash, transitions hash, queued index set, the queue's running registry.
+# ARGV: job id, limit, at_front, memory percent (0: no memory check), bytes reserved per
+# unfinished job.
 GATE_LUA = f"""
 local length = redis.call('LLEN', KEYS[1])
-if length <= tonumber(ARGV[2]) then return length end
+local verdict = 0
+local limit = tonumber(ARGV[2])
+if limit > 0 and length > limit then
+  verdict = 1
+elseif tonumber(ARGV[4]) > 0 then
+  local info = redis.call('INFO', 'memory')
+  local max = tonumber(string.match(info, '\\nmaxmemory:(%d+)'))
+  if max > 0 then
+    local used = tonumber(string.match(info, '\\nused_memory:(%d+)'))
+    local unfinished = length + redis.call('ZCARD', KEYS[5])
+    if (used + unfinished * tonumber(ARGV[5])) * 100 >= max * tonumber(ARGV[4]) then
+      verdict = 2
+    end
+  end
+end
+if verdict == 0 then return {{0, length}} end
 local pushed = ARGV[3] == '1' and 0 or -1
 if redis.call('LINDEX', KEYS[1], pushed) ~= ARGV[1] then
   return redis.error_reply('the bounded enqueue did not push job ' .. ARGV[1])
@@ -37,7 +62,7 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 if redis.call('HINCRBY', KEYS[3], 'new:{Status.QUEUED.value}', -1) <= 0 then
   redis.call('HDEL', KEYS[3], 'new:{Status.QUEUED.value}')
 end
-return -(length - 1)
+return {{verdict, length - 1}}
 """
 
 # Remove up to ARGV[2] waiting jobs from the head of the queue KEYS[1], as RQ's own `empty()`
@@ -68,6 +93,29 @@ class QueueFullError(Exception):
         self.length = length
 
 
+class MemoryFullError(Exception):
+    """Redis has no room left for another job and the results of those already accepted."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"Redis is too full to accept a job ({length} waiting)")
+        self.length = length
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Accept jobs while used memory plus `result_bytes` per unfinished job stays under
+    `percent` of Redis's maxmemory (no check while Redis has no maxmemory)."""
+
+    percent: int
+    result_bytes: int
+
+    def admits(self, used_memory: int, maxmemory: int, unfinished: int) -> bool:
+        """Return whether the gate would accept one more job (GATE_LUA decides; this reports)."""
+        if not self.percent or not maxmemory:
+            return True
+        return (used_memory + unfinished * self.result_bytes) * 100 < maxmemory * self.percent
+
+
 class TrackedQueue(Queue):
     """An RQ queue of tracked jobs, with a bounded enqueue and an `empty()` the index follows."""
 
@@ -94,19 +142,27 @@ class TrackedQueue(Queue):
         job = self.create_task_job(task, task.validate(payload), **options)
         return self.enqueue_job(job, **job_options)
 
-    def enqueue_bounded(self, job: Job, max_length: int, at_front: bool = False) -> int:
-        """Enqueue the new `job` unless the queue holds `max_length` waiting jobs (0: no limit).
+    def enqueue_bounded(
+        self,
+        job: Job,
+        max_length: int,
+        memory: MemoryBudget | None = None,
+        at_front: bool = False,
+    ) -> int:
+        """Enqueue the new `job` unless the queue holds `max_length` waiting jobs (0: no limit)
+        or Redis's memory is past `memory`'s budget (None: no memory check).
 
-        Return the queue length right after the enqueue, or raise QueueFullError. The check and
-        RQ's own enqueue run in one MULTI that never retries, exact under any concurrency.
-        The job must be new (a fresh id, never saved), on an asynchronous queue, without
-        dependencies: a refusal takes back exactly what RQ's enqueue of such a job writes.
+        Return the queue length right after the enqueue, or raise QueueFullError or
+        MemoryFullError. The checks and RQ's own enqueue run in one MULTI that never retries,
+        exact under any concurrency. The job must be new (a fresh id, never saved), on an
+        asynchronous queue, without dependencies: a refusal takes back exactly what RQ's
+        enqueue of such a job writes.
         """
         if job._dependency_ids or not self._is_async:
             raise ValueError("a bounded enqueue takes a new job without dependencies, run async")
         with self.connection.pipeline() as pipe:
             self.enqueue_job(job, pipeline=pipe, at_front=at_front)
-            if not max_length:
+            if not max_length and memory is None:
                 pipe.llen(self.key)
                 return int(pipe.execute()[-1])
             gate_keys = [
@@ -114,12 +170,23 @@ class TrackedQueue(Queue):
                 job.key,
                 keys.transitions_key(),
                 keys.status_index_key(Status.QUEUED),
+                self.started_job_registry.key,
             ]
-            pipe.eval(GATE_LUA, len(gate_keys), *gate_keys, job.id, max_length, int(at_front))
-            length = int(pipe.execute()[-1])
-        if length < 0:
-            raise QueueFullError(-length)
-        return length
+            budget = memory or MemoryBudget(percent=0, result_bytes=0)
+            args: list[str | int] = [
+                job.id,
+                max_length,
+                int(at_front),
+                budget.percent,
+                budget.result_bytes,
+            ]
+            pipe.eval(GATE_LUA, len(gate_keys), *gate_keys, *args)
+            verdict, length = pipe.execute()[-1]
+        if verdict == 1:
+            raise QueueFullError(int(length))
+        if verdict == 2:
+            raise MemoryFullError(int(length))
+        return int(length)
 
     def empty(self) -> int:
         """Remove every waiting job from RQ and from the index, a bounded batch at a time."""

@@ -1,4 +1,4 @@
-"""The service's wiring, built in one place: Redis connection, status index and queue."""
+"""The service's wiring, built in one place: Redis connection, status index, queue, budget."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ from dataclasses import dataclass
 from redis import Redis
 
 from shared.index import StatusIndex
-from shared.queue import TrackedQueue
+from shared.queue import MemoryBudget, TrackedQueue
 from shared.redis import connect
 from shared.settings import Settings
 
 
 @dataclass(frozen=True)
 class Services:
-    """The settings, Redis connection, status index and queue one process shares."""
+    """The settings, Redis connection, status index, queue and memory budget one process shares."""
 
     settings: Settings
     redis: Redis
     index: StatusIndex
     queue: TrackedQueue
+    # What the submission gate admits against Redis's maxmemory.
+    budget: MemoryBudget
 
 
 def build_services(settings: Settings, connection: Redis | None = None) -> Services:
@@ -27,4 +29,5 @@ def build_services(settings: Settings, connection: Redis | None = None) -> Servi
     redis = connection if connection is not None else connect(settings)
     index = StatusIndex(redis, settings.retention_seconds)
     queue = TrackedQueue(settings.queue_name, connection=redis)
-    return Services(settings, redis, index, queue)
+    budget = MemoryBudget(settings.submit_memory_percent, settings.max_result_bytes)
+    return Services(settings, redis, index, queue, budget)

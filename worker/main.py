@@ -6,11 +6,13 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, OutOfMemoryError, TimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.worker import BaseWorker
@@ -39,6 +41,11 @@ MAX_STARTUP_WAIT = 30.0
 JOB_MONITORING_INTERVAL = 10
 HEARTBEAT_GRACE = 20
 WORKER_TTL = 35
+# How long a worker keeps trying to store a finished job's outcome while Redis is out of
+# memory, and its pauses between tries (doubling up to the maximum).
+OUTCOME_PATIENCE = 300.0
+OUTCOME_FIRST_DELAY = 0.5
+OUTCOME_MAX_DELAY = 10.0
 
 
 class TrackingMixin(BaseWorker):
@@ -62,7 +69,7 @@ class TrackingMixin(BaseWorker):
     ) -> None:
         """Build RQ's worker on tracked queues and jobs; settings default to the environment."""
         self.settings = settings if settings is not None else Settings.from_env()
-        tasks.load(self.settings.task_modules)
+        tasks.load(self.settings.task_modules, self.settings.max_result_bytes)
         kwargs["job_class"] = tracked_subclass(kwargs.get("job_class"), TrackedJob)
         kwargs["queue_class"] = tracked_subclass(kwargs.get("queue_class"), TrackedQueue)
         if isinstance(queues, Queue | str):
@@ -81,14 +88,34 @@ class TrackingMixin(BaseWorker):
         super().prepare_job_execution(job, *args, **kwargs)
         log_transition(job, Status.QUEUED)
 
+    # Out of memory (noeviction), Redis refuses the worker's bookkeeping writes; RQ would let
+    # the error end the work-horse before the job's outcome is stored, or the worker itself.
+    # These writes are best-effort: skipped with a warning, the job goes on to its outcome,
+    # which is stored whole or waited for (store_outcome). A lease not renewed for 30 s lets
+    # another worker fail the job (docs/reliability.md, Known limits).
+    def handle_execution_ended(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        """Stamp the job's end as RQ does; go on to store its outcome if Redis is full."""
+        with _unless_out_of_memory(f"job {job.id}: its end heartbeat"):
+            super().handle_execution_ended(job, *args, **kwargs)
+
+    def set_current_job_working_time(self, *args: Any, **kwargs: Any) -> None:
+        """Store the current job's working time as RQ does, unless Redis is full."""
+        with _unless_out_of_memory(f"worker {self.name}: the job's working time"):
+            super().set_current_job_working_time(*args, **kwargs)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        """Renew the worker's registration as RQ does, unless Redis is full."""
+        with _unless_out_of_memory(f"worker {self.name}: its heartbeat"):
+            super().heartbeat(*args, **kwargs)
+
     def handle_job_success(self, job: Job, *args: Any, **kwargs: Any) -> None:
-        """Finish the job as RQ does, then log the transition."""
-        super().handle_job_success(job, *args, **kwargs)
+        """Finish the job as RQ does (waiting out a full Redis), then log the transition."""
+        store_outcome(job, partial(super().handle_job_success, job, *args, **kwargs))
         log_transition(job, Status.RUNNING)
 
     def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> None:
-        """Fail (or stop) the job as RQ does, then log the transition."""
-        super().handle_job_failure(job, *args, **kwargs)
+        """Fail (or stop) the job as RQ does (waiting out a full Redis), then log it."""
+        store_outcome(job, partial(super().handle_job_failure, job, *args, **kwargs))
         log_transition(job, Status.RUNNING)
 
     def run_maintenance_tasks(self) -> None:
@@ -104,6 +131,36 @@ class TrackingMixin(BaseWorker):
                 "the repair child ended (exit code %s); starting it again", self.repairer.exitcode
             )
             self.repairer = start_repairer(self.settings)
+
+
+@contextmanager
+def _unless_out_of_memory(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OutOfMemoryError:
+        logger.warning("%s not stored: Redis is out of memory", what)
+
+
+def store_outcome(job: Job, write: Callable[[], None], patience: float = OUTCOME_PATIENCE) -> None:
+    """Run `write` (RQ's MULTI storing a job's outcome) again while Redis is out of memory."""
+    # Out of memory, Redis refuses RQ's whole MULTI at EXEC and applies none of it, so the
+    # same write can be tried again. Without this, a result that found Redis full would be
+    # recorded as a failure, or lost with it. The submission gate keeps room for results
+    # (docs/reliability.md); this covers memory filled by something else.
+    deadline = time.monotonic() + patience
+    delay = OUTCOME_FIRST_DELAY
+    while True:
+        try:
+            write()
+            return
+        except OutOfMemoryError:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning(
+                "job %s: Redis is out of memory; storing its outcome again in %.1f s", job.id, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, OUTCOME_MAX_DELAY)
 
 
 # The mixin comes first so that its maintenance wraps RQ's; everything else (forking a
@@ -129,9 +186,9 @@ class TrackedWorker(TrackingMixin, Worker):
             # otherwise never sweep the jobs of a worker that died beside it.
             if self.should_run_maintenance_tasks:
                 self.clean_registries()  # type: ignore[no-untyped-call]
-        except (ConnectionError, TimeoutError) as exc:
+        except (ConnectionError, TimeoutError, OutOfMemoryError) as exc:
             # The job goes on in the work-horse; the next tick tries again.
-            logger.warning("heartbeat of job %s missed, Redis unreachable: %s", job.id, exc)
+            logger.warning("heartbeat of job %s missed, Redis unreachable or full: %s", job.id, exc)
 
 
 class TrackedSimpleWorker(TrackingMixin, SimpleWorker):

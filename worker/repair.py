@@ -325,7 +325,7 @@ def run_forever(settings: Settings, parent: int) -> None:
         try:
             repair_when_due(index, settings.repair_interval, owner)
         except RedisError as exc:
-            logger.warning("repair pass interrupted, Redis unreachable: %s", exc)
+            logger.warning("repair pass interrupted, Redis unreachable or full: %s", exc)
         except Exception:
             # Whatever went wrong in one pass, the next one may go right: never stop repairing.
             logger.exception("repair pass failed")

@@ -48,6 +48,9 @@ def create_dashboard_app(services: Services) -> Flask:
     settings = services.settings
     password = settings.require_dashboard_password()
     dashboard = Flask("rq_dashboard")
+    # Werkzeug would answer a path with repeated slashes with an HTML redirect: no redirect,
+    # the path simply matches no route (a JSON 404).
+    dashboard.url_map.merge_slashes = False
     dashboard.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dashboard.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     dashboard.json = FastJSONProvider(dashboard)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rq.serializers import DefaultSerializer
+
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ class InvalidPayloadError(Exception):
     """A payload does not fit its task; the message says why."""
 
 
+class ResultTooLargeError(Exception):
+    """A task returned more bytes than MAX_RESULT_BYTES allows to be stored."""
+
+
 @dataclass(frozen=True)
 class Task:
     """A task in the catalog: its name, its function and the validator of its payload."""
@@ -51,6 +57,8 @@ def _accept_any(payload: Payload) -> Payload:
 
 _tasks: dict[str, Task] = {}
 _loaded = False
+# The largest result (pickled, as RQ stores it) a job may keep: MAX_RESULT_BYTES.
+_max_result_bytes = Settings().max_result_bytes
 
 
 def task(name: str, validate: Validator = _accept_any) -> Callable[[TaskFunc], TaskFunc]:
@@ -66,9 +74,11 @@ def task(name: str, validate: Validator = _accept_any) -> Callable[[TaskFunc], T
     return add
 
 
-def load(modules: tuple[str, ...] = ()) -> None:
-    """Import the built-in tasks and the task modules `modules`, adding their tasks."""
-    global _loaded
+def load(modules: tuple[str, ...] = (), max_result_bytes: int | None = None) -> None:
+    """Import the built-in tasks and the task modules `modules`, adding their tasks; set the
+    largest result a task may return (default: MAX_RESULT_BYTES's default)."""
+    global _loaded, _max_result_bytes
+    _max_result_bytes = max_result_bytes or Settings().max_result_bytes
     for module in (BUILTIN_MODULE, *modules):
         importlib.import_module(module)
     _loaded = True
@@ -80,7 +90,8 @@ def get(name: str) -> Task:
     if not _loaded:
         # A process that did not load the catalog itself (RQ's plain `rq worker`, a user's own
         # code): load it from the same settings the service's own processes read.
-        load(Settings.from_env().task_modules)
+        settings = Settings.from_env()
+        load(settings.task_modules, settings.max_result_bytes)
     try:
         return _tasks[name]
     except KeyError:
@@ -90,4 +101,13 @@ def get(name: str) -> Task:
 def run_task(name: str, payload: Payload) -> Any:
     """Run the task `name` on `payload` (the only function a job may name)."""
     found = get(name)
-    return found.func(found.validate(payload))
+    result = found.func(found.validate(payload))
+    # Measured as RQ will store it. A result too large to keep fails the job, saying so,
+    # rather than filling Redis or being lost on the way in.
+    size = len(DefaultSerializer.dumps(result))
+    if size > _max_result_bytes:
+        raise ResultTooLargeError(
+            f"the result of task {name!r} takes {size} bytes, more than MAX_RESULT_BYTES "
+            f"({_max_result_bytes}): not stored"
+        )
+    return result

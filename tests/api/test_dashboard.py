@@ -259,12 +259,14 @@ def test_unknown_dashboard_paths_and_methods_are_json(dash: FlaskClient) -> None
 
 
 def test_redis_down_gives_a_json_error(make_app: Callable[..., Flask]) -> None:
-    """With Redis unreachable the dashboard's JSON answers a JSON 500 envelope, not HTML."""
+    """With Redis unreachable the dashboard's JSON answers a JSON 503 envelope in words."""
     client = make_app(
         redis_url=UNREACHABLE_REDIS, redis_timeout=0.5, dashboard_password=PASSWORD
     ).test_client()
-    body = assert_envelope(client.get(QUEUES, headers=LOGIN), 500)
-    assert body["message"].startswith("Redis error")
+    resp = client.get(QUEUES, headers=LOGIN)
+    body = assert_envelope(resp, 503)
+    assert body["message"] == "Request failed: Redis unavailable"
+    assert "nonexistent" not in resp.get_data(as_text=True)
 
 
 def test_the_api_is_untouched_by_the_mount(dash: FlaskClient) -> None:

@@ -139,17 +139,25 @@ def test_body_at_the_limit_is_read(make_app: Callable[..., Flask]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
-    [(JOB_STATUS, {"job_id": "abc"}), (JOBS, {"task": "echo"}), (JOBS_STATUS, {})],
+    ("path", "body", "message"),
+    [
+        (JOB_STATUS, {"job_id": "abc"}, "Failed to retrieve the job's status: Redis unavailable"),
+        (JOBS, {"task": "echo"}, "Failed to submit the job: Redis unavailable"),
+        (JOBS_STATUS, {}, "Failed to retrieve job statuses: Redis unavailable"),
+    ],
 )
-def test_unreachable_redis_is_a_prompt_500(
-    down_client: FlaskClient, path: str, body: dict[str, str]
+def test_unreachable_redis_is_a_prompt_503_in_words(
+    down_client: FlaskClient, path: str, body: dict[str, str], message: str
 ) -> None:
-    """With Redis unreachable every Redis-backed endpoint answers a JSON 500 within seconds."""
+    """With Redis unreachable each Redis-backed endpoint answers a JSON 503 within seconds,
+    naming the failure in words (never Redis's address) with a Retry-After."""
     started = time.monotonic()
     resp = post(down_client, path, body)
     elapsed = time.monotonic() - started
-    reply = assert_envelope(resp, 500)
+    reply = assert_envelope(resp, 503)
+    assert reply["message"] == message
+    assert resp.headers["Retry-After"] == "5"
+    assert "nonexistent" not in resp.get_data(as_text=True)
     assert reply["queue_length"] is None
     assert elapsed < 5, elapsed
 

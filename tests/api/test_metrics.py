@@ -105,11 +105,11 @@ def test_transitions_are_counted_from_redis(
 def test_refused_submissions_are_counted(make_app: Callable[..., Flask]) -> None:
     """Every 429 of a full queue adds one to toolkit_jobs_submissions_refused_total."""
     client = make_app(max_queue_length=1).test_client()
-    before = value(scrape(client), "toolkit_jobs_submissions_refused_total")
+    before = value(scrape(client), "toolkit_jobs_submissions_refused_total", reason="queue_full")
     submit(client)
     for _ in range(3):
         assert_envelope(post(client, JOBS, {"task": "echo"}), 429)
-    after = value(scrape(client), "toolkit_jobs_submissions_refused_total")
+    after = value(scrape(client), "toolkit_jobs_submissions_refused_total", reason="queue_full")
     assert after - before == 3
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from rq.job import JobStatus
 
+from shared import index as index_module
 from shared import keys
 from shared.index import StatusIndex
 from shared.job import TrackedJob
@@ -20,6 +22,7 @@ from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from tests.helpers import (
     AUTH,
+    ENVELOPE_FIELDS,
     JOB_STATUS,
     JOBS,
     JOBS_STATUS,
@@ -193,8 +196,8 @@ def test_non_finite_since_seconds_is_refused(client: FlaskClient, raw: bytes) ->
     """Infinite or NaN since_seconds, however spelled, is a 400, never a 500."""
     resp = post(client, JOBS_STATUS, data=raw, content_type="application/json")
     message = assert_envelope(resp, 400)["message"]
-    # Refusing the NaN/Infinity literals as invalid JSON is as good as refusing the value.
-    assert "since_seconds" in message or "not valid JSON" in message
+    # The NaN/Infinity literals are not JSON; 1e999 is, but out of a float's range.
+    assert "not valid JSON" in message or "numbers must be finite" in message
 
 
 def test_flushed_redis_is_jobs_directory_not_found(client: FlaskClient, conn: redis.Redis) -> None:
@@ -207,13 +210,16 @@ def test_flushed_redis_is_jobs_directory_not_found(client: FlaskClient, conn: re
         assert body["response"] is None
 
 
-def test_unreachable_redis_is_a_prompt_500(down_client: FlaskClient) -> None:
-    """With Redis unreachable the answer is a JSON 500 naming the failure, within seconds."""
+def test_unreachable_redis_is_a_prompt_error_envelope(down_client: FlaskClient) -> None:
+    """With Redis unreachable the answer is a JSON error envelope naming the failure, promptly."""
     started = time.monotonic()
     resp = post(down_client, JOBS_STATUS, {"since_seconds": 60, "id": "r-1"})
     elapsed = time.monotonic() - started
-    body = assert_envelope(resp, 500)
+    # The status and wording are the central Redis error handler's (api/handlers.py).
+    assert resp.status_code in (500, 503)
+    body = assert_envelope(resp, resp.status_code)
     assert body["message"].startswith("Failed to retrieve job statuses: ")
+    assert "redis.sock" not in body["message"]
     assert body["queue_length"] is None
     assert body["id"] == "r-1"
     assert elapsed < 5, elapsed
@@ -223,3 +229,76 @@ def test_unreachable_redis_still_validates_first(down_client: FlaskClient) -> No
     """A bad since_seconds is a 400 even when Redis is down: validation needs no Redis."""
     body = assert_envelope(post(down_client, JOBS_STATUS, {"since_seconds": -5}), 400)
     assert "since_seconds" in body["message"]
+
+
+def plant_many(conn: redis.Redis, count: int) -> dict[str, str]:
+    """Put `count` jobs over every status in the index, changed within the last minute."""
+    now = redis_time_micros(conn)
+    statuses = list(Status)
+    expected: dict[str, str] = {}
+    with conn.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            status = statuses[i % len(statuses)]
+            # Three jobs per microsecond: batches end inside runs of equal scores.
+            pipe.zadd(keys.status_index_key(status), {f"job-{i}": now - 30 * MICROS + i // 3})
+            expected[f"job-{i}"] = status.value
+        pipe.execute()
+    return expected
+
+
+def test_a_window_larger_than_a_batch_is_streamed_whole(
+    client: FlaskClient, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past one batch per set the answer streams: the same envelope, fields, headers and jobs."""
+    monkeypatch.setattr(index_module, "WINDOW_BATCH", 4)
+    expected = plant_many(conn, 103)
+    resp = post(client, JOBS_STATUS, {"since_seconds": 60, "id": "big"})
+    # Streamed: no length known up front.
+    assert "Content-Length" not in resp.headers
+    assert resp.headers["X-Request-ID"]
+    body = assert_envelope(resp, 200)
+    assert tuple(body) == ENVELOPE_FIELDS
+    assert body["response"] == expected
+    assert body["id"] == "big"
+    assert body["message"] == "success"
+    assert body["queue_length"] == 0
+    # No key twice: the object read as pairs holds as many as the dict.
+    pairs = json.loads(resp.get_data(), object_pairs_hook=list)
+    assert len(dict(pairs)["response"]) == len(expected)
+
+
+def test_a_window_within_a_batch_is_not_streamed(
+    client: FlaskClient, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below a batch per set the answer is one consistent read, not streamed."""
+    monkeypatch.setattr(index_module, "WINDOW_BATCH", 1000)
+    expected = plant_many(conn, 103)
+    resp = post(client, JOBS_STATUS, {"since_seconds": 60})
+    assert int(resp.headers["Content-Length"]) == len(resp.get_data())
+    assert assert_envelope(resp, 200)["response"] == expected
+
+
+def test_redis_failing_mid_stream_truncates_the_body(
+    client: FlaskClient,
+    conn: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis failure after the answer started ends it unclosed: never valid JSON; logged."""
+    monkeypatch.setattr(index_module, "WINDOW_BATCH", 4)
+    plant_many(conn, 103)
+    resp = post(client, JOBS_STATUS, {"since_seconds": 60})
+    assert resp.status_code == 200
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(redis.Redis, "zrangebyscore", unavailable)
+    sent = bytearray()
+    with pytest.raises(redis.ConnectionError):
+        for part in resp.response:
+            sent += part
+    assert sent.startswith(b'{"code":200,')
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(sent)
+    assert "the streamed answer broke off" in caplog.text

@@ -11,7 +11,7 @@ from tests.deploy.files import compose, env_example
 from tests.helpers import ROOT
 
 # Read by docker-compose.yml's interpolation only, never by a service.
-COMPOSE_ONLY = {"API_HOST_PORT", "DASHBOARD_HOST_PORT"}
+COMPOSE_ONLY = {"API_HOST_PORT", "DASHBOARD_HOST_PORT", "REDIS_MAXMEMORY"}
 INTERPOLATED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(?::?[-?+])[^}]*)?\}")
 # Compose would interpolate $VAR too; this file sticks to ${VAR} (and $$ for a literal $).
 BARE = re.compile(r"(?<!\$)\$(?!\{|\$)")

@@ -59,7 +59,7 @@ def route_count(port: int) -> float:
 
 def refused(port: int) -> float:
     """Return the count of 429 refusals, as one scrape sees it."""
-    return scrape(port)[(REFUSED, ())]
+    return scrape(port)[(REFUSED, (("reason", "queue_full"),))]
 
 
 def burst(port: int, send: int, request: str) -> list[Reply]:

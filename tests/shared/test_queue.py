@@ -194,9 +194,10 @@ def test_the_gate_takes_back_only_the_job_it_was_given(conn: redis.Redis) -> Non
         keys.rq_job_key("mine"),
         keys.transitions_key(),
         keys.status_index_key(Status.QUEUED),
+        "rq:wip:default",
     ]
     with pytest.raises(redis.ResponseError, match="did not push job mine"):
-        conn.eval(GATE_LUA, len(gate_keys), *gate_keys, "mine", 1, 0)
+        conn.eval(GATE_LUA, len(gate_keys), *gate_keys, "mine", 1, 0, 0, 0)
     assert waiting(conn) == ["other-1", "other-2"]
 
 

@@ -443,7 +443,7 @@ def test_run_forever_survives_any_failed_pass(
     assert failures == []
     logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "worker.repair"]
     assert logged == [
-        (logging.WARNING, "repair pass interrupted, Redis unreachable: gone"),
+        (logging.WARNING, "repair pass interrupted, Redis unreachable or full: gone"),
         (logging.ERROR, "repair pass failed"),
     ]
     assert caplog.records[-1].exc_info is not None
