@@ -3,26 +3,93 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import gevent
+from gunicorn import util
+from gunicorn.workers.ggevent import GeventWorker
 
 from shared.settings import Settings, from_env_or_exit
 
 # Fails before forking workers, with one clear line instead of a boot-loop traceback.
 _settings = from_env_or_exit("api", require=Settings.require_api_key)
 
+
+class LingeringGeventWorker(GeventWorker):
+    """gunicorn's gevent worker, ending connections as its sync and gthread workers do."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Connections waiting for their next request (or still sending its headers).
+        self.idle: set[Any] = set()
+
+    def run(self) -> None:
+        """Serve until told to stop, ending idle connections as soon as that happens."""
+        gevent.spawn(self._end_idle_connections)
+        super().run()
+
+    def _end_idle_connections(self) -> None:
+        # gunicorn's gevent worker waits for every connection to end before it exits, and an
+        # idle keep-alive one ends only at HEADER_TIMEOUT: a poller holding one would make each
+        # stop last that long, and honcho or Docker kill the API before then. Ended now, the
+        # greenlet waiting on it reads EOF and closes it; busy ones finish their request, and
+        # gunicorn answers it with `Connection: close`.
+        while self.alive:
+            gevent.sleep(0.5)
+        while True:
+            for client in list(self.idle):
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)
+            gevent.sleep(0.5)
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        """Serve one connection, marking it idle whenever it waits for a request."""
+        self.idle.add(client)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self.idle.discard(client)
+
+    def handle_request(self, listener_name: Any, req: Any, client: Any, addr: Any) -> Any:
+        """Serve one request: the connection is busy meanwhile."""
+        self.idle.discard(client)
+        try:
+            return super().handle_request(listener_name, req, client, addr)
+        finally:
+            self.idle.add(client)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Answer the error, then close without discarding the answer."""
+        super().handle_error(req, client, addr, exc)
+        # A request refused unread (a request line over 4 KiB, say) leaves bytes in the
+        # socket; closing it then sends a RST that can destroy the answer before the client
+        # reads it. gunicorn's own async worker closes abruptly; its sync and gthread workers
+        # half-close and drain first (RFC 9112 9.6), as this does, cooperatively here.
+        util.close_graceful(client)
+
+
 bind = f"0.0.0.0:{_settings.port}"
 workers = _settings.api_workers
-worker_class = "gthread"
-threads = 4
-# Every Redis call has a socket timeout far below this; a request that still takes this long
-# is stuck, and the worker is recycled.
+# A connection, slow or waiting, costs a greenlet instead of a thread (docs/deployment.md).
+# gunicorn monkey-patches each worker before it loads the app, so redis-py yields while it waits.
+worker_class = LingeringGeventWorker
+# The most connections one worker process holds at once; past it, it stops accepting.
+worker_connections = _settings.max_connections
+# The master recycles a worker silent for this long. A gevent worker reports from a greenlet of
+# its own every second, so only an event loop held up this long (code that never yields) trips
+# it: a request waiting on Redis (socket timeout REDIS_TIMEOUT) or on a slow client does not.
 timeout = 30
 graceful_timeout = 20
-keepalive = 5
+# In the gevent worker, reading each request's line and headers, a connection's first request
+# included, runs under gevent.Timeout(keepalive) (gunicorn's base_async.handle): keepalive is
+# the header read timeout, and how long an idle keep-alive connection is kept.
+keepalive = _settings.header_timeout
 accesslog = None
 # gunicorn 25.1+ opens a control socket at one fixed per-user path; several instances on one
 # host (two APIs, tests) would fight over it, and nothing here uses it.

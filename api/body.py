@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import gevent
 from flask import current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api.context import services
 from api.errors import ApiError
 from api.validation import parse_body
 
@@ -38,7 +40,15 @@ def _read_limited() -> bytes:
     # past the limit, to tell "too large" apart.
     chunked = request.content_length is None
     stream = request.environ["wsgi.input"] if chunked else request.stream
-    data: bytes = stream.read(limit + 1)
+    seconds = services().settings.body_timeout
+    # One deadline for the whole body, so that a client trickling it a byte at a time holds its
+    # connection no longer than one that stalls. Under gunicorn's gevent worker the read waits
+    # in the hub, where the timeout interrupts it; Flask's test client never waits, so never.
+    data: bytes | None = None
+    with gevent.Timeout(seconds, False):
+        data = stream.read(limit + 1)
+    if data is None:
+        raise ApiError(408, f"Request body not received within {seconds} seconds")
     if len(data) > limit:
         raise RequestEntityTooLarge()
     return data

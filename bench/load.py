@@ -65,7 +65,7 @@ def run(scratch: Path, smoke: bool) -> Section:
                     print(f"  {rows[-1]}", flush=True)
     markdown = "\n\n".join(
         [
-            f"wrk for {seconds} s per row against gunicorn (2 gthread workers, 4 threads each) on "
+            f"wrk for {seconds} s per row against gunicorn (2 gevent workers, gunicorn.conf.py) on "
             f"the 2-core machine, `POST /v1/toolkit/jobs/status` with `{POLL}` (a poller "
             f"asking for the last 5 s), {held:,} older jobs held in the index. Busy: two "
             "`python -m worker` processes (forking) run a stream of `echo` jobs fed as fast "

@@ -147,7 +147,7 @@ def _section(rows: list[dict[str, Any]], out: Path) -> Section:
     figure = _plot(rows, out)
     markdown = "\n\n".join(
         [
-            "`POST /v1/toolkit/jobs/status` through gunicorn (2 gthread workers, keep-alive "
+            "`POST /v1/toolkit/jobs/status` through gunicorn (2 gevent workers, keep-alive "
             "client) against **the floor**, redis-py reading the same answer, `{job_id: status}` "
             "as Python strings, straight from Redis in the fewest round trips that are also the "
             "fastest (`StatusIndex.window_ids()` and a decode: two; the one-round-trip Lua read "

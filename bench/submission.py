@@ -72,7 +72,7 @@ def run(scratch: Path, smoke: bool) -> Section:
     data["check_ratio_16"] = ratio
     markdown = "\n\n".join(
         [
-            f"HTTP: wrk, {seconds} s per cell, keep-alive connections, gunicorn with 2 gthread "
+            f"HTTP: wrk, {seconds} s per cell, keep-alive connections, gunicorn with 2 gevent "
             "workers, no RQ worker draining the queue. In-process: "
             f"{loops:,} calls in a Python loop on one connection. The check is one Lua gate at "
             "the end of RQ's own enqueue MULTI/EXEC, which keeps the enqueue only while the queue "

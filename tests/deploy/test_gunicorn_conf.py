@@ -1,10 +1,11 @@
-"""gunicorn.conf.py takes its worker count from WEB_CONCURRENCY through Settings."""
+"""gunicorn.conf.py: the gevent worker, and its count, connection cap and header timeout."""
 
 from __future__ import annotations
 
 import runpy
 
 import pytest
+from gunicorn.workers.ggevent import GeventWorker
 
 from tests.helpers import API_KEY, ROOT
 
@@ -34,3 +35,27 @@ def test_bad_web_concurrency_stops_gunicorn_before_it_forks(
         runpy.run_path(CONF)
     assert exited.value.code == 2
     assert "WEB_CONCURRENCY" in capsys.readouterr().err
+
+
+def test_gevent_worker_with_connection_cap_and_header_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gunicorn runs gevent workers, MAX_CONNECTIONS each, with keepalive = HEADER_TIMEOUT."""
+    monkeypatch.setenv("API_KEY", API_KEY)
+    monkeypatch.setenv("MAX_CONNECTIONS", "250")
+    monkeypatch.setenv("HEADER_TIMEOUT", "7")
+    conf = runpy.run_path(CONF)
+    assert issubclass(conf["worker_class"], GeventWorker)
+    assert "threads" not in conf
+    assert conf["worker_connections"] == 250
+    # The gevent worker reads every request's headers under gevent.Timeout(keepalive).
+    assert conf["keepalive"] == 7
+
+
+def test_connection_cap_and_header_timeout_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, MAX_CONNECTIONS is 1000 connections per worker and HEADER_TIMEOUT 10 seconds."""
+    monkeypatch.setenv("API_KEY", API_KEY)
+    monkeypatch.delenv("MAX_CONNECTIONS", raising=False)
+    monkeypatch.delenv("HEADER_TIMEOUT", raising=False)
+    conf = runpy.run_path(CONF)
+    assert (conf["worker_connections"], conf["keepalive"]) == (1000, 10)

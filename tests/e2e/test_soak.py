@@ -83,8 +83,8 @@ def exchange(
 def poller(port: int, end: float) -> Tally:
     """Poll the status window on one connection until `end`; every answer must be a 200."""
     tally = Tally()
-    # One keep-alive connection per client (gunicorn.conf.py: gthread, keepalive 5 s); after an
-    # error it is closed, and http.client opens a fresh one for the next request.
+    # One keep-alive connection per client (gunicorn.conf.py: gevent, keepalive HEADER_TIMEOUT,
+    # 10 s); after an error it is closed, and http.client opens a fresh one for the next request.
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT)
     try:
         for _ in range(MAX_REQUESTS):
