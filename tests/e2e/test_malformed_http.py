@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import RedisServer, free_port, running, service_env, start_api
+from tests.helpers import API_KEY, RedisServer, free_port, running, service_env, start_api
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +53,50 @@ def test_malformed_requests_get_a_4xx(api_port: int, raw: bytes) -> None:
     assert status_line.startswith(b"HTTP/1."), status_line
     code = int(status_line.split()[1])
     assert 400 <= code < 500, status_line
+
+
+# What the application answers itself: every answer JSON, nothing leaked, nothing redirected.
+def _request(method: str, path: str, body: bytes = b"", key: bool = True) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    if key:
+        head += f"x-api-key: {API_KEY}\r\n"
+    if body:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+HOSTILE = {
+    "repeated slashes": (_request("GET", "//v1//toolkit//authenticate"), 404),
+    "inner double slash": (_request("GET", "/v1//toolkit/authenticate"), 404),
+    "trailing slash": (_request("GET", "/v1/toolkit/authenticate/"), 404),
+    "infinite number": (
+        _request("POST", "/v1/toolkit/jobs", b'{"task": "echo", "payload": {"n": 1e999}}'),
+        400,
+    ),
+    "health without a key": (_request("GET", "/health", key=False), 200),
+}
+
+
+@pytest.mark.parametrize(("raw", "code"), HOSTILE.values(), ids=HOSTILE)
+def test_the_application_answers_hostile_requests_in_json(
+    api_port: int, raw: bytes, code: int
+) -> None:
+    """Repeated slashes, 1e999, /health without a key: a JSON envelope, no redirect, no leak."""
+    answer = _exchange(api_port, raw)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    assert int(status_line.split()[1]) == code, answer
+    assert "location" not in headers
+    assert headers["content-type"] == "application/json"
+    reply = json.loads(body)
+    assert reply["code"] == code
+    if code == 200:
+        # Without the key /health tells healthy or not, nothing else.
+        assert (reply["message"], reply["response"], reply["queue_length"]) == (
+            "healthy",
+            None,
+            None,
+        )
+    if code == 400:
+        assert "numbers must be finite" in reply["message"]
