@@ -167,9 +167,20 @@ class StatusIndex:
         self._first_read = connection.register_script(FIRST_READ_LUA)
         self._index_keys = keys.status_index_keys()
 
-    def window(self, since_seconds: float, queue_name: str, batch: int | None = None) -> Window:
-        """Return the first batch of ids per status changed in the last `since_seconds`."""
+    def window(
+        self,
+        since_seconds: float,
+        queue_name: str,
+        batch: int | None = None,
+        stream_batch: int | None = None,
+    ) -> Window:
+        """Return the first batch of ids per status changed in the last `since_seconds`.
+
+        `batch` bounds the first read of each status set (WINDOW_BATCH), `stream_batch` each
+        later one (STREAM_BATCH, or `batch` when smaller).
+        """
         size = WINDOW_BATCH if batch is None else batch
+        later = min(size, STREAM_BATCH) if stream_batch is None else stream_batch
         # Two round trips beat one Lua script here: a script's reply of 10^4 ids passes through
         # Lua tables both ways and costs about twice as much as plain ZRANGEBYSCORE replies
         # (docs/benchmarks.md). MULTI keeps the five first batches one consistent snapshot.
@@ -200,7 +211,7 @@ class StatusIndex:
                 # costs Redis about seven times the plain reply).
                 ids.append((status, []))
                 unread.append((status, key))
-        rest = self._rest(unread, low, now, min(size, STREAM_BATCH))
+        rest = self._rest(unread, low, now, later)
         return Window(ids=ids, queue_length=int(queue_length), complete=not unread, rest=rest)
 
     def _rest(

@@ -111,10 +111,7 @@ def test_an_unexpected_redis_error_is_a_500_without_its_text(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ResponseError("ERR wrong number of arguments for 'zrangebyscore' tkj:index:done")
 
-    for name in ("window_ids", "read_window", "window"):
-        if hasattr(index, name):
-            monkeypatch.setattr(index, name, broken)
-    monkeypatch.setattr(index.connection, "pipeline", broken)
+    monkeypatch.setattr(index, "window", broken)
     resp = post(client, JOBS_STATUS, {})
     body = assert_envelope(resp, 500)
     assert body["message"] == "Failed to retrieve job statuses: internal error"
