@@ -86,19 +86,23 @@ def test_memory_refusals_are_counted_apart(
     [
         (ConnectionError("Error 111 connecting to 10.0.0.5:6379."), "Redis unavailable"),
         (TimeoutError("Timeout reading from 10.0.0.5:6379"), "Redis unavailable"),
-        (BusyLoadingError("LOADING Redis is loading the dataset in memory"), "Redis is loading"),
-        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), "out of memory"),
-        (ReadOnlyError("You can't write against a read only replica."), "read-only"),
-        (ResponseError("MISCONF Redis is configured to save RDB snapshots"), "refuses writes"),
+        (BusyLoadingError("LOADING Redis is loading the dataset"), "Redis is loading its data"),
+        (
+            OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+            "Redis is out of memory",
+        ),
+        (ReadOnlyError("You can't write against a read only replica."), "Redis is read-only"),
+        (
+            ResponseError("MISCONF Redis is configured to save RDB snapshots"),
+            "Redis refuses writes",
+        ),
+        (ResponseError("ERR unknown command 'zrangebyscor'"), None),
     ],
 )
-def test_redis_failures_are_named_in_words(exc: RedisError, words: str) -> None:
-    """Each kind of Redis failure gets words of our own, never Redis's text."""
-    failure = redis_failure(exc)
-    assert failure is not None
-    assert words in failure
-    assert "10.0.0.5" not in failure
-    assert "maxmemory" not in failure
+def test_redis_failures_are_named_in_words(exc: RedisError, words: str | None) -> None:
+    """Each kind of Redis failure gets words of our own, never Redis's text; an error that is
+    ours, not Redis's state, gets none (it is answered as an internal error)."""
+    assert redis_failure(exc) == words
 
 
 def test_an_unexpected_redis_error_is_a_500_without_its_text(
@@ -220,3 +224,59 @@ def test_the_dashboards_slash_redirect_is_json(make_app: Callable[..., Flask]) -
     assert reply["code"] == 308
     assert reply["message"] == f"Moved to {headers['Location']}"
     assert "X-Request-ID" in headers
+
+
+@pytest.fixture
+def refusing_writes(conn: redis.Redis) -> Iterator[None]:
+    """Make Redis refuse every write (used memory over maxmemory); put it back afterwards."""
+    conn.config_set("maxmemory", 1)
+    yield
+    conn.config_set("maxmemory", 0)
+
+
+@pytest.mark.usefixtures("refusing_writes")
+def test_health_and_metrics_both_say_redis_refuses_writes(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis out of memory: /health 503 "Redis refuses writes", redis_writable 0, redis_up 1;
+    the log says why."""
+    body = assert_envelope(client.get("/health", headers=AUTH), 503)
+    assert body["message"] == "Redis refuses writes"
+    assert body["response"]["redis"] == "refusing writes"
+    assert body["response"]["accepting_jobs"] is False
+    assert any(
+        r.getMessage().startswith("Redis refuses writes: ") and "maxmemory" in r.getMessage()
+        for r in caplog.records
+    )
+    text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    assert "toolkit_jobs_redis_up 1.0" in text
+    assert "toolkit_jobs_redis_writable 0.0" in text
+    assert "toolkit_jobs_accepting_jobs 0.0" in text
+
+
+def test_the_health_probe_expires(client: FlaskClient, conn: redis.Redis) -> None:
+    """The key /health writes to test writes lives a minute at most: it never accumulates."""
+    assert_envelope(client.get("/health"), 200)
+    ttl = conn.pttl("tkj:health:probe")
+    assert 0 < ttl <= 60_000
+
+
+def test_running_jobs_count_against_accepting_jobs(conn: redis.Redis, queue: TrackedQueue) -> None:
+    """accepting_jobs reserves a result for each running job, as the gate does."""
+    used = int(conn.info("memory")["used_memory"])
+    conn.config_set("maxmemory", int((used + 2.5 * RESULT) * 100 / BUDGET.percent))
+    try:
+        assert redis_health.check(conn, queue, BUDGET).accepting_jobs
+        conn.zadd(queue.started_job_registry.key, {"running-1": 1, "running-2": 2})
+        assert not redis_health.check(conn, queue, BUDGET).accepting_jobs
+    finally:
+        conn.config_set("maxmemory", 0)
+
+
+def test_an_out_of_range_number_is_quoted_at_most_40_characters(client: FlaskClient) -> None:
+    """The 400 quotes the number's first 40 characters, no more."""
+    number = "1" + "0" * 60 + "e999"
+    resp = post(client, JOBS, data=f'{{"n": {number}}}'.encode(), content_type="application/json")
+    body = assert_envelope(resp, 400)
+    assert f"{number[:40]} (numbers must be finite)" in body["message"]
+    assert number[:41] not in body["message"]

@@ -43,6 +43,7 @@ def fill(queue: TrackedQueue, budget: MemoryBudget | None = BUDGET, limit: int =
             queue.enqueue_bounded(new_job(queue), limit, budget)
         except MemoryFullError as full:
             assert full.length == accepted
+            assert str(full) == f"Redis is too full to accept a job ({accepted} waiting)"
             return accepted
     raise AssertionError("the gate never refused")
 
@@ -90,10 +91,10 @@ def test_the_percent_is_of_maxmemory(conn: redis.Redis, queue: TrackedQueue) -> 
 def test_no_budget_means_no_memory_check(
     conn: redis.Redis, queue: TrackedQueue, budget: MemoryBudget | None
 ) -> None:
-    """Without a budget (or at 0 percent) the gate never refuses for memory."""
+    """Without a budget (or at 0 percent) the gate never refuses for memory, limit or none."""
     room_for(conn, 0.5)
-    for _ in range(5):
-        queue.enqueue_bounded(new_job(queue), 0, budget)
+    for limit in (0, 0, 10, 10, 10):
+        queue.enqueue_bounded(new_job(queue), limit, budget)
     assert queue_length(conn) == 5
 
 
@@ -128,6 +129,8 @@ def test_a_full_queue_is_refused_as_full_before_memory(
         (60, 100, 1, False),  # 60 + 10 = 70 >= 70
         (0, 100, 7, False),  # results alone fill the 70
         (0, 100, 6, True),
+        (694, 1000, 0, True),  # 69,400 < 70,000: the percent is exact, no rounding
+        (700, 1000, 0, False),
     ],
 )
 def test_admits_is_the_gates_rule(

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.job import JobStatus
 
+from shared import index as index_module
 from shared import keys
 from shared.index import STATUSES, Batch, StatusIndex, Window
 from shared.redis import MICROS, redis_time_micros
@@ -105,10 +106,15 @@ def test_complete_only_below_a_full_batch(
     assert len(read_all(window)) == jobs
 
 
-def test_window_ids_collects_every_batch(conn: redis.Redis, index: StatusIndex) -> None:
+def test_window_ids_collects_every_batch(
+    conn: redis.Redis, index: StatusIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """window_ids() returns the whole window, per status, however many batches it takes."""
+    monkeypatch.setattr(index_module, "WINDOW_BATCH", 2_000)
+    monkeypatch.setattr(index_module, "STREAM_BATCH", 1_500)
     entries = spread(conn, 25_003, 3)
     plant(conn, entries)
+    assert not index.window(SINCE, "default").complete
     read = index.window_ids(SINCE, "default")
     assert [status for status, _ in read.ids] == STATUSES
     assert sum(len(members) for _, members in read.ids) == 25_003
@@ -180,3 +186,36 @@ def index_status(conn: redis.Redis, job_id: str) -> Status:
         if conn.zscore(keys.status_index_key(status), job_id) is not None:
             return status
     raise AssertionError(f"{job_id} is in no set")
+
+
+@pytest.mark.parametrize(("first", "later"), [(6, 6), (6, 4), (4, 6), (7, 2)])
+def test_each_later_read_holds_a_stream_batch(
+    conn: redis.Redis, index: StatusIndex, first: int, later: int
+) -> None:
+    """Scores all distinct: every later read but the last holds the ids below the score of its
+    `stream_batch`-th entry, `stream_batch - 1` of them; the first read at most `batch`."""
+    entries = spread(conn, 5 * 23, 1)
+    plant(conn, entries)
+    window = index.window(SINCE, "default", batch=first, stream_batch=later)
+    assert all(len(members) <= first for _, members in window.ids)
+    assert not window.complete
+    sizes: dict[Status, list[int]] = {}
+    for batch in window.rest:
+        for status, members in batch:
+            sizes.setdefault(status, []).append(len(members))
+    for status, counts in sizes.items():
+        assert sum(counts) == 23, status
+        assert counts[:-1] == [later - 1] * (len(counts) - 1), (status, counts)
+        assert 0 < counts[-1] <= later, (status, counts)
+
+
+def test_later_reads_default_to_the_smaller_of_batch_and_stream_batch(
+    conn: redis.Redis, index: StatusIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without stream_batch, later reads take STREAM_BATCH ids, or `batch` when smaller."""
+    monkeypatch.setattr(index_module, "STREAM_BATCH", 5)
+    plant(conn, spread(conn, 5 * 23, 1))
+    for batch, expected in ((8, 5 - 1), (3, 3 - 1)):
+        window = index.window(SINCE, "default", batch=batch)
+        largest = max(len(m) for read in window.rest for _, m in read)
+        assert largest == expected, batch
