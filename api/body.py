@@ -33,6 +33,10 @@ def request_body() -> dict[str, Any]:
     return body
 
 
+class BodyTimeoutError(Exception):
+    """The request body did not arrive within BODY_TIMEOUT."""
+
+
 def _read_limited() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     # Werkzeug refuses an over-long Content-Length itself, but silently cuts a chunked upload
@@ -44,11 +48,14 @@ def _read_limited() -> bytes:
     # One deadline for the whole body, so that a client trickling it a byte at a time holds its
     # connection no longer than one that stalls. Under gunicorn's gevent worker the read waits
     # in the hub, where the timeout interrupts it; Flask's test client never waits, so never.
-    data: bytes | None = None
-    with gevent.Timeout(seconds, False):
-        data = stream.read(limit + 1)
-    if data is None:
-        raise ApiError(408, f"Request body not received within {seconds} seconds")
+    # The timeout raises an Exception (not gevent's own BaseException) inside gunicorn's body
+    # reader, which then marks the body failed and closes the connection after the answer:
+    # the rest of a cut body, chunked or not, is never read as a next request.
+    try:
+        with gevent.Timeout(seconds, BodyTimeoutError(seconds)):
+            data: bytes = stream.read(limit + 1)
+    except BodyTimeoutError:
+        raise ApiError(408, f"Request body not received within {seconds} seconds") from None
     if len(data) > limit:
         raise RequestEntityTooLarge()
     return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from flask import Flask, Response, request
 from redis.exceptions import (
@@ -43,7 +44,8 @@ def redis_failure(exc: RedisError) -> str | None:
         return "Redis is out of memory"
     if isinstance(exc, ReadOnlyError):
         return "Redis is read-only"
-    if str(exc).startswith("MISCONF"):
+    # redis-py prefixes an error inside a MULTI with the command that caused it.
+    if re.search(r"(^|caused error: )MISCONF", str(exc)):
         # Redis refuses writes after a failed snapshot (stop-writes-on-bgsave-error).
         return "Redis refuses writes"
     return None
@@ -59,7 +61,12 @@ def register_error_handlers(app: Flask) -> None:
         # (A hook that answered first, the login check, leaves its own answer alone.)
         location = resp.headers.get("Location")
         if isinstance(request.routing_exception, RequestRedirect) and location is not None:
-            return reply(resp.status_code, f"Moved to {location}", headers={"Location": location})
+            return reply(
+                resp.status_code,
+                f"Moved to {location}",
+                headers={"Location": location},
+                queue_length=None,
+            )
         return resp
 
     @app.errorhandler(ApiError)

@@ -29,7 +29,7 @@ def health() -> Response:
         state = redis_health.check(svc.redis, svc.queue, svc.budget)
     except RedisError as exc:
         logger.warning("health check: Redis unavailable: %s: %s", type(exc).__name__, exc)
-        return _answer(503, "Redis unavailable", {"redis": "unavailable"})
+        return _answer(503, "Redis unavailable", {"redis": "unavailable"}, None)
     details = {
         "redis": "ok" if state.writable else "refusing writes",
         "used_memory": state.used_memory,
@@ -37,12 +37,13 @@ def health() -> Response:
         "accepting_jobs": state.accepting_jobs,
     }
     if not state.writable:
-        return _answer(503, "Redis refuses writes", details)
-    return _answer(200, "healthy", details)
+        return _answer(503, "Redis refuses writes", details, state.waiting)
+    return _answer(200, "healthy", details, state.waiting)
 
 
-def _answer(code: int, detail: str, details: dict[str, Any]) -> Response:
+def _answer(code: int, detail: str, details: dict[str, Any], waiting: int | None) -> Response:
+    # The queue length comes from the reading made: no second call to a Redis that may be down.
     if has_api_key():
-        return reply(code, detail, response=details)
+        return reply(code, detail, response=details, queue_length=waiting)
     # Anyone may ask; only the key holder learns more than healthy or not.
     return reply(code, "healthy" if code == 200 else "unhealthy", queue_length=None)

@@ -21,12 +21,13 @@ PROBE_TTL_MS = 60_000
 
 @dataclass(frozen=True)
 class RedisHealth:
-    """One reading of Redis: writes accepted, memory used and allowed, jobs admitted."""
+    """One reading of Redis: writes accepted, memory used and allowed, jobs admitted, waiting."""
 
     writable: bool
     used_memory: int
     maxmemory: int
     accepting_jobs: bool
+    waiting: int
 
 
 def check(connection: Redis, queue: TrackedQueue, budget: MemoryBudget) -> RedisHealth:
@@ -53,4 +54,5 @@ def check(connection: Redis, queue: TrackedQueue, budget: MemoryBudget) -> Redis
         used_memory=used,
         maxmemory=maxmemory,
         accepting_jobs=writable and admits,
+        waiting=int(waiting),
     )

@@ -110,13 +110,31 @@ class TrackingMixin(BaseWorker):
 
     def handle_job_success(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Finish the job as RQ does (waiting out a full Redis), then log the transition."""
-        store_outcome(job, partial(super().handle_job_success, job, *args, **kwargs))
+        store_outcome(
+            job, self._each_try(partial(super().handle_job_success, job, *args, **kwargs))
+        )
         log_transition(job, Status.RUNNING)
 
     def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Fail (or stop) the job as RQ does (waiting out a full Redis), then log it."""
-        store_outcome(job, partial(super().handle_job_failure, job, *args, **kwargs))
+        store_outcome(
+            job, self._each_try(partial(super().handle_job_failure, job, *args, **kwargs))
+        )
         log_transition(job, Status.RUNNING)
+
+    def _each_try(self, write: Callable[[], None]) -> Callable[[], None]:
+        """Return `write`, each call starting from the worker state RQ's first try found."""
+        # RQ's outcome writes clear the execution and the stopped job's id while they build the
+        # MULTI, before Redis refuses it: a second try without them would leave the execution
+        # in the running registry (to fail the finished job when it expires) and record a
+        # stopped job as failed.
+        execution, stopped = self.execution, self._stopped_job_id
+
+        def again() -> None:
+            self.execution, self._stopped_job_id = execution, stopped
+            write()
+
+        return again
 
     def run_maintenance_tasks(self) -> None:
         """Run RQ's maintenance, then trim expired index entries."""

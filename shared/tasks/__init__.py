@@ -57,7 +57,7 @@ def _accept_any(payload: Payload) -> Payload:
 
 _tasks: dict[str, Task] = {}
 _loaded = False
-# The largest result (pickled, as RQ stores it) a job may keep: MAX_RESULT_BYTES.
+# The largest result (as RQ stores it: pickled, then base64) a job may keep: MAX_RESULT_BYTES.
 _max_result_bytes = Settings().max_result_bytes
 
 
@@ -102,9 +102,9 @@ def run_task(name: str, payload: Payload) -> Any:
     """Run the task `name` on `payload` (the only function a job may name)."""
     found = get(name)
     result = found.func(found.validate(payload))
-    # Measured as RQ will store it. A result too large to keep fails the job, saying so,
-    # rather than filling Redis or being lost on the way in.
-    size = len(DefaultSerializer.dumps(result))
+    # Measured as RQ will store it: pickled, then base64 (4 bytes for every 3). A result too
+    # large to keep fails the job, saying so, rather than filling Redis or being lost on the way.
+    size = 4 * -(-len(DefaultSerializer.dumps(result)) // 3)
     if size > _max_result_bytes:
         raise ResultTooLargeError(
             f"the result of task {name!r} takes {size} bytes, more than MAX_RESULT_BYTES "

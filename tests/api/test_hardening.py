@@ -96,6 +96,11 @@ def test_memory_refusals_are_counted_apart(
             ResponseError("MISCONF Redis is configured to save RDB snapshots"),
             "Redis refuses writes",
         ),
+        (
+            ResponseError("Command # 1 (HSET rq:job:a) of pipeline caused error: MISCONF Redis"),
+            "Redis refuses writes",
+        ),
+        (ResponseError("ERR no such key: MISCONF"), None),
         (ResponseError("ERR unknown command 'zrangebyscor'"), None),
     ],
 )

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from rq.registry import StartedJobRegistry
 
 from tests.helpers import (
     JOBS_STATUS,
@@ -287,6 +288,13 @@ def test_a_running_job_keeps_its_result_through_a_full_redis(capped_redis: Redis
         described = wait_finished(port, job_id, timeout=30)
         assert described["job_status"] == "done", (described, worker.output())
         assert described["result"] == {"slept": 3}
+        # Stored whole: the execution left the running registry with the job, so no clean-up
+        # will later find it there and fail the finished job as abandoned.
+        registry = StartedJobRegistry("default", connection=client)
+        assert registry.get_job_ids() == []
+        assert client.keys("rq:execution:*") == []
+        registry.cleanup()
+        assert job_status(port, job_id).body["response"]["job_status"] == "done"
 
 
 @pytest.mark.timeout(60)

@@ -273,3 +273,31 @@ def test_sigterm_ends_idle_keep_alive_connections_at_once(
         wait_until(lambda: proc.popen.poll() is not None, timeout=10)
         assert proc.popen.returncode == 0, proc.output()
         assert closed_by_server(sock)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+def test_what_follows_a_cut_body_is_never_read_as_a_request(
+    env: dict[str, str], sockets: list[socket.socket], chunked: bool
+) -> None:
+    """After a 408 the connection closes: the rest of the body, a request smuggled in it
+    included, is never answered (gunicorn would answer it with its HTML error page)."""
+    with web(env, BODY_TIMEOUT="2", HEADER_TIMEOUT="5") as (_, port):
+        sock = connect(port)
+        sockets.append(sock)
+        framing = "Transfer-Encoding: chunked" if chunked else "Content-Length: 1000"
+        head = f"POST {JOBS} HTTP/1.1\r\nHost: cut\r\nx-api-key: {API_KEY}\r\n{framing}\r\n\r\n"
+        sock.sendall(head.encode() + (b"a\r\n{" if chunked else b"{"))
+        status, _ = read_answer(sock)
+        assert status == 408
+        smuggled = (
+            f"GET /v1/toolkit/authenticate HTTP/1.1\r\nHost: x\r\nx-api-key: {API_KEY}\r\n\r\n"
+        )
+        rest = (b'"a": 1}\r\n0\r\n\r\n' if chunked else b"") + smuggled.encode()
+        try:
+            sock.sendall(rest)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # closed already: nothing can be read as a request
+        # Closed well before HEADER_TIMEOUT (5 s) would have closed an idle connection.
+        sock.settimeout(3)
+        assert sock.recv(65536) == b""
