@@ -58,7 +58,9 @@ if [ -z "${DASHBOARD_PASSWORD:-}" ]; then
 fi
 export PORT="${PORT:-8080}"
 
-"$BIN/gunicorn" 'api:create_app()' &
+# In its own session too: Ctrl-C reaches gunicorn only as stop_all's SIGTERM, its graceful stop
+# (a SIGINT straight to gevent workers makes each print a SystemExit traceback as it quits).
+setsid "$BIN/gunicorn" 'api:create_app()' &
 pids+=($!)
 "$BIN/python" -m worker &
 pids+=($!)
