@@ -30,6 +30,7 @@ from werkzeug.test import TestResponse
 from shared import index as index_module
 from shared import keys
 from shared.index import StatusIndex
+from shared.queue import MemoryBudget
 from shared.status import Status, from_rq
 
 T = TypeVar("T")
@@ -142,6 +143,18 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+
+# A reserved result large beside what a small job takes (about 1 KB), so that how many jobs a
+# memory budget admits is exact.
+RESULT_BYTES = 1_000_000
+BUDGET = MemoryBudget(percent=80, result_bytes=RESULT_BYTES)
+
+
+def room_for(conn: redis.Redis, results: float) -> None:
+    """Set maxmemory so that `results` more of BUDGET's reserved results fit under its percent."""
+    used = int(conn.info("memory")["used_memory"])
+    conn.config_set("maxmemory", int((used + results * RESULT_BYTES) * 100 / BUDGET.percent))
 
 
 def _pings(client: redis.Redis) -> bool:

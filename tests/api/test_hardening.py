@@ -25,8 +25,18 @@ from werkzeug.test import create_environ, run_wsgi_app
 from api import redis_health
 from api.context import services
 from api.handlers import redis_failure
-from shared.queue import MemoryBudget, MemoryFullError, TrackedQueue
-from tests.helpers import AUTH, JOB_STATUS, JOBS, JOBS_STATUS, assert_envelope, post, queue_length
+from shared.queue import MemoryFullError, TrackedQueue
+from tests.helpers import (
+    AUTH,
+    BUDGET,
+    JOB_STATUS,
+    JOBS,
+    JOBS_STATUS,
+    assert_envelope,
+    post,
+    queue_length,
+    room_for,
+)
 
 REFUSED = "toolkit_jobs_submissions_refused_total"
 
@@ -129,14 +139,9 @@ def test_an_unexpected_redis_error_is_a_500_without_its_text(
     assert "tkj:" not in text
 
 
-RESULT = 1_000_000
-BUDGET = MemoryBudget(percent=80, result_bytes=RESULT)
-
-
 def test_health_reports_what_the_gate_decides(conn: redis.Redis, queue: TrackedQueue) -> None:
     """At every fill level, accepting_jobs says whether the next submission gets in."""
-    used = int(conn.info("memory")["used_memory"])
-    conn.config_set("maxmemory", int((used + 3.5 * RESULT) * 100 / BUDGET.percent))
+    room_for(conn, 3.5)
     try:
         check_agreement(conn, queue)
     finally:
@@ -268,8 +273,7 @@ def test_the_health_probe_expires(client: FlaskClient, conn: redis.Redis) -> Non
 
 def test_running_jobs_count_against_accepting_jobs(conn: redis.Redis, queue: TrackedQueue) -> None:
     """accepting_jobs reserves a result for each running job, as the gate does."""
-    used = int(conn.info("memory")["used_memory"])
-    conn.config_set("maxmemory", int((used + 2.5 * RESULT) * 100 / BUDGET.percent))
+    room_for(conn, 2.5)
     try:
         assert redis_health.check(conn, queue, BUDGET).accepting_jobs
         conn.zadd(queue.started_job_registry.key, {"running-1": 1, "running-2": 2})

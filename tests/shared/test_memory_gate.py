@@ -12,11 +12,7 @@ from shared import keys
 from shared.index import StatusIndex, parse_transitions
 from shared.queue import MemoryBudget, MemoryFullError, QueueFullError, TrackedQueue
 from shared.status import Status
-from tests.helpers import index_view, queue_length, record
-
-# Large beside what a small job takes (about 1 KB), so the count that fits is exact.
-RESULT = 1_000_000
-BUDGET = MemoryBudget(percent=80, result_bytes=RESULT)
+from tests.helpers import BUDGET, RESULT_BYTES, index_view, queue_length, record, room_for
 
 
 @pytest.fixture
@@ -24,12 +20,6 @@ def limit_memory(conn: redis.Redis) -> Iterator[None]:
     """Let a test set the session Redis's maxmemory; put it back to none afterwards."""
     yield
     conn.config_set("maxmemory", 0)
-
-
-def room_for(conn: redis.Redis, results: float) -> None:
-    """Set maxmemory so that `results` more reserved results fit under the budget's percent."""
-    used = int(conn.info("memory")["used_memory"])
-    conn.config_set("maxmemory", int((used + results * RESULT) * 100 / BUDGET.percent))
 
 
 def new_job(queue: TrackedQueue) -> Job:
@@ -74,18 +64,18 @@ def test_running_jobs_keep_their_room(conn: redis.Redis, queue: TrackedQueue) ->
 def test_a_bigger_reservation_admits_fewer(conn: redis.Redis, queue: TrackedQueue) -> None:
     """Twice the bytes per result, half the jobs: the reservation, not the jobs, decides."""
     room_for(conn, 4.5)
-    assert fill(queue, MemoryBudget(percent=80, result_bytes=2 * RESULT)) == 2
+    assert fill(queue, MemoryBudget(percent=80, result_bytes=2 * RESULT_BYTES)) == 2
 
 
 @pytest.mark.usefixtures("limit_memory")
 def test_the_percent_is_of_maxmemory(conn: redis.Redis, queue: TrackedQueue) -> None:
     """The same maxmemory admits more under a higher percent."""
     room_for(conn, 3.5)
-    assert fill(queue, MemoryBudget(percent=99, result_bytes=RESULT)) > 3
+    assert fill(queue, MemoryBudget(percent=99, result_bytes=RESULT_BYTES)) > 3
 
 
 @pytest.mark.parametrize(
-    "budget", [None, MemoryBudget(percent=0, result_bytes=RESULT)], ids=["none", "zero"]
+    "budget", [None, MemoryBudget(percent=0, result_bytes=RESULT_BYTES)], ids=["none", "zero"]
 )
 @pytest.mark.usefixtures("limit_memory")
 def test_no_budget_means_no_memory_check(
