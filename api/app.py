@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 from redis.exceptions import RedisError
 
-from api import auth, health_endpoint, jobs, metrics
+from api import actions, auth, health_endpoint, jobs, metrics
 from api.access import finish_request, start_request
 from api.context import EXTENSION
 from api.dashboard import app as dashboard
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health_endpoint.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(actions.bp)
     app.register_blueprint(metrics.bp)
     dashboard.mount(app, svc)
     app.after_request(finish_request)

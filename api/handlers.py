@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 ACTIONS = {
     "jobs.jobs_status": "Failed to retrieve job statuses",
     "jobs.job_status": "Failed to retrieve the job's status",
+    "jobs.job_status_get": "Failed to retrieve the job's status",
     "jobs.submit": "Failed to submit the job",
+    "actions.cancel": "Failed to cancel the job",
+    "actions.retry": "Failed to retry the job",
 }
 DEFAULT_ACTION = "Request failed"
 

@@ -6,20 +6,23 @@ import itertools
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, stream_with_context
-from rq.exceptions import NoSuchJobError
+from flask import Blueprint, Response, request, stream_with_context, url_for
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from api import validation, webhooks
+from api import idempotency, validation, webhooks
 from api.auth import require_api_key
 from api.body import request_body
 from api.context import services
 from api.encoding import statuses_json, streamed_envelope, streamed_statuses
 from api.errors import ApiError
 from api.request_metrics import REFUSED_SUBMISSIONS
-from api.responses import reply
+from api.responses import UNKNOWN, reply
+from api.waiting import wait_for_end
 from shared import tasks
-from shared.job import TrackedJob, log_transition
+from shared.delivery import WebhookPolicy, read_state
+from shared.index import FINAL_STATUSES
+from shared.job import TrackedJob, error_message, log_transition
 from shared.queue import MemoryFullError, QueueFullError
 from shared.status import Status, from_rq
 
@@ -50,29 +53,67 @@ def jobs_status() -> Response:
 
 @bp.post("/v1/toolkit/job/status")
 def job_status() -> Response:
-    """Return one job's status, timestamps, progress and result or error."""
+    """Return one job's status, timestamps, progress and result or error; with `wait`, once the
+    job ends or the wait is over."""
+    body = request_body()
+    return _one_job(validation.job_id(body), validation.wait_seconds(body.get("wait")))
+
+
+@bp.get("/v1/toolkit/job/status")
+def job_status_get() -> Response:
+    """Return one job's status, as POST does, from the query (`?job_id=...&wait=...`)."""
+    chosen = validation.job_id(request.args.to_dict())
+    return _one_job(chosen, validation.wait_query(request.args.get("wait")))
+
+
+def _one_job(job_id: str, wait: float) -> Response:
     svc = services()
-    job_id = validation.job_id(request_body())
+    job = fetch_job(job_id)
+    if wait > 0 and from_rq(job.get_status(refresh=False) or "queued") not in FINAL_STATUSES:
+        wait_for_end(svc.redis, job_id, wait, lambda: has_ended(job))
+        job = fetch_job(job_id)
+    return reply(200, "success", job_id=job_id, response=describe(job))
+
+
+def fetch_job(job_id: str) -> Job:
+    """Return the job `job_id`, or raise ApiError 404."""
     try:
-        job = TrackedJob.fetch(job_id, connection=svc.redis)
+        return TrackedJob.fetch(job_id, connection=services().redis)
     except NoSuchJobError:
         raise ApiError(404, "Job not found", job_id=job_id) from None
-    return reply(200, "success", job_id=job_id, response=describe(job))
+
+
+def has_ended(job: Job) -> bool:
+    """Return whether `job` has ended now (its status read afresh)."""
+    return from_rq(job.get_status(refresh=True) or "queued") in FINAL_STATUSES
 
 
 @bp.post("/v1/toolkit/jobs")
 def submit() -> Response:
-    """Enqueue a task of the catalog, unless the queue is at its limit (then 429)."""
+    """Enqueue a task of the catalog, unless the queue is at its limit (then 429); a named
+    submission seen before answers with its job (or 422 if it asked for something else)."""
     svc = services()
     body = request_body()
     wanted = validation.job_request(body)
-    if wanted.webhook_url is not None:
-        webhooks.check_target(wanted.webhook_url, allow_private=svc.settings.webhook_allow_private)
+    key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
+    if key is not None and wanted.job_id is not None:
+        raise ApiError(400, "Send job_id or an Idempotency-Key header, not both")
+    job_id = idempotency.job_id_for_key(key) if key is not None else wanted.job_id
+    digest = idempotency.fingerprint(body) if job_id is not None else None
+    if job_id is not None and (seen := _seen(job_id, digest)) is not None:
+        return seen
     try:
         task = tasks.get(wanted.task)
         payload = task.validate(wanted.payload)
     except (tasks.UnknownTaskError, tasks.InvalidPayloadError) as exc:
         raise ApiError(400, str(exc)) from None
+    meta: dict[str, Any] = {}
+    if "id" in body:
+        meta["client_id"] = body["id"]
+    if digest is not None:
+        meta["request_sha256"] = digest
+    if wanted.webhook_url is not None:
+        meta["webhook"] = _webhook_policy(wanted.webhook_url).as_meta()
 
     limit = svc.settings.max_queue_length
     max_queue_length: int | str = limit or "unlimited"
@@ -80,14 +121,21 @@ def submit() -> Response:
     job = svc.queue.create_task_job(
         task,
         payload,
+        job_id=job_id,
         timeout=svc.settings.job_timeout,
         result_ttl=retention,
         failure_ttl=retention,
         description=f"{task.name} task",
-        meta=_meta(body.get("id"), wanted.webhook_url),
+        meta=meta,
     )
     try:
-        queue_length = svc.queue.enqueue_bounded(job, limit, svc.budget)
+        queue_length = svc.queue.enqueue_bounded(job, limit, svc.budget, unique=job_id is not None)
+    except DuplicateJobError:
+        # Another submission under the same name won the race: answer as it did.
+        seen = _seen(job.id, digest)
+        if seen is None:
+            raise ApiError(409, "A job of that name was just removed: submit again") from None
+        return seen
     except MemoryFullError as full:
         REFUSED_SUBMISSIONS.labels("memory").inc()
         raise ApiError(
@@ -107,13 +155,71 @@ def submit() -> Response:
             max_queue_length=max_queue_length,
         ) from None
     log_transition(job, None)
+    return _accepted(job, Status.QUEUED, queue_length, max_queue_length)
+
+
+def _webhook_policy(url: str) -> WebhookPolicy:
+    settings = services().settings
+    if settings.webhook_secret is None:
+        raise ApiError(
+            400,
+            "webhook_url is not available: the service has no WEBHOOK_SECRET to sign deliveries "
+            "with",
+        )
+    webhooks.check_target(url, allow_private=settings.webhook_allow_private)
+    return WebhookPolicy(
+        url=url,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_seconds=settings.webhook_backoff_seconds,
+        timeout_seconds=settings.webhook_timeout_seconds,
+        retention_seconds=settings.retention_seconds,
+    )
+
+
+def _seen(job_id: str, digest: str | None) -> Response | None:
+    """Answer a named submission whose job exists: that job (same request) or 422; None when
+    there is no such job."""
+    try:
+        job = TrackedJob.fetch(job_id, connection=services().redis)
+    except NoSuchJobError:
+        return None
+    if (job.meta or {}).get("request_sha256") != digest:
+        raise ApiError(
+            422,
+            "This job_id or Idempotency-Key was already used for a different request",
+            job_id=job_id,
+        )
+    limit = services().settings.max_queue_length
+    status = from_rq(job.get_status(refresh=False) or "queued")
+    return _accepted(
+        job, status, UNKNOWN, limit or "unlimited", headers={"Idempotent-Replayed": "true"}
+    )
+
+
+def _accepted(
+    job: Job,
+    status: Status,
+    queue_length: Any,
+    max_queue_length: int | str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    settings = services().settings
     return reply(
         202,
         "processing",
         job_id=job.id,
-        response={"job_id": job.id, "task": task.name, "job_status": Status.QUEUED.value},
+        response={
+            "job_id": job.id,
+            "task": (job.meta or {}).get("task"),
+            "job_status": status.value,
+        },
         queue_length=queue_length,
         max_queue_length=max_queue_length,
+        headers={
+            "Location": url_for("jobs.job_status_get", job_id=job.id),
+            "Retry-After": str(settings.poll_after_seconds),
+            **(headers or {}),
+        },
     )
 
 
@@ -135,31 +241,17 @@ def describe(job: Job) -> dict[str, Any]:
     if status is Status.DONE:
         described["result"] = job.return_value()
     if status is Status.FAILED:
-        described["error"] = _error_of(job)
+        described["error"] = error_message(job)
+    if isinstance(meta.get("webhook"), dict):
+        described["webhook"] = read_state(job.connection, job.id) or {
+            "state": "waiting",
+            "attempts": 0,
+            "last_status": None,
+            "last_error": None,
+            "delivered_at": None,
+            "next_attempt_at": None,
+        }
     return described
-
-
-def _meta(client_id: Any, webhook_url: str | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    if client_id is not None:
-        meta["client_id"] = client_id
-    if webhook_url is not None:
-        meta["webhook_url"] = webhook_url
-    return meta
-
-
-def _error_of(job: Job) -> str | None:
-    result = job.latest_result()
-    text = result.exc_string if result is not None else None
-    # A traceback of only white space (written by something other than a worker) has no line.
-    lines = str(text or "").strip().splitlines()
-    if not lines:
-        return None
-    # The last line of a traceback names the exception and its message.
-    last = lines[-1]
-    if "AbandonedJobError" in last:
-        return f"The worker running this job died (its heartbeat lapsed): {last}"
-    return last
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -1,4 +1,5 @@
-"""Per-process request metrics: latency by route and refused submissions (multiprocess-safe)."""
+"""Per-process request metrics: latency by route, refused submissions, job actions
+(multiprocess-safe)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ REFUSED_SUBMISSIONS = Counter(
 # Both series from the start, so that a rate over them never misses the first refusal.
 for _reason in ("queue_full", "memory"):
     REFUSED_SUBMISSIONS.labels(_reason)
+
+
+JOB_ACTIONS = Counter(
+    f"{PREFIX}job_actions",
+    "Cancel and retry requests by outcome: cancel canceled (a waiting job), stopped (a running "
+    "job, stopped within the request), stopping (stop asked, not yet done) or conflict (409); "
+    "retry queued or conflict (409).",
+    ["action", "outcome"],
+)
+for _action, _outcome in (
+    ("cancel", "canceled"),
+    ("cancel", "stopped"),
+    ("cancel", "stopping"),
+    ("cancel", "conflict"),
+    ("retry", "queued"),
+    ("retry", "conflict"),
+):
+    JOB_ACTIONS.labels(_action, _outcome)
 
 
 def method_label(method: str) -> str:

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from api.body import client_id
 from api.context import services
-from api.envelope import envelope
+from shared.envelope import envelope
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,9 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # Deeper documents are refused: RQ pickles payloads recursively, and no real payload nests so.
 MAX_JSON_DEPTH = 64
 TASK_NAME_MAX = 100
+MAX_WAIT_SECONDS = 60
+# The IETF httpapi draft's key: a string, here any printable ASCII, at most this long.
+IDEMPOTENCY_KEY_MAX = 255
 WEBHOOK_URL_MAX = 2048
 
 
@@ -102,6 +105,42 @@ def job_id(body: dict[str, Any]) -> str:
     return value
 
 
+def wait_seconds(value: Any) -> float:
+    """Return how long a status request may wait for the job's end: 0 to 60 seconds."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, f"wait must be a number of seconds, not {_json_type(value)}")
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise ApiError(400, f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds")
+    return float(value)
+
+
+def wait_query(raw: str | None) -> float:
+    """Return the `wait` of a query string (seconds, 0 to 60)."""
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "wait must be a number of seconds") from None
+    if not math.isfinite(value):
+        raise ApiError(400, f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds")
+    return wait_seconds(value)
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """Return the Idempotency-Key header's key: printable ASCII, 1 to 255 characters."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(" " <= ch <= "~" for ch in value):
+        raise ApiError(
+            400,
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """A well-formed request for a job (the task name is not yet checked against the catalog)."""
@@ -109,6 +148,8 @@ class JobRequest:
     task: str
     payload: dict[str, Any]
     webhook_url: str | None
+    # The job id the client chose (body `job_id`), or None for one of RQ's.
+    job_id: str | None = None
 
 
 def job_request(body: dict[str, Any]) -> JobRequest:
@@ -124,7 +165,8 @@ def job_request(body: dict[str, Any]) -> JobRequest:
     url = body.get("webhook_url")
     if url is not None:
         url = webhook_url(url)
-    return JobRequest(task=task, payload=payload, webhook_url=url)
+    chosen = job_id(body) if "job_id" in body else None
+    return JobRequest(task=task, payload=payload, webhook_url=url, job_id=chosen)
 
 
 def webhook_url(value: Any) -> str:

@@ -1,72 +1,15 @@
-"""Webhook targets: public http(s) hosts only, unless private targets are allowed."""
+"""Webhook targets as the API checks them at submission: a refused target is a 400."""
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from urllib.parse import urlsplit
-
 from api.errors import ApiError
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-RESOLVE_TIMEOUT = 2.0
+from shared.addresses import RESOLVE_TIMEOUT, TargetError, checked_addresses
 
 
 def check_target(url: str, *, allow_private: bool, timeout: float = RESOLVE_TIMEOUT) -> None:
-    """Refuse (400) a webhook URL whose host is, or resolves to, a non-public address.
-
-    The host is resolved the way an HTTP client would resolve it, so every spelling of an
-    address (`localhost`, `127.1`, `2130706433`, `[::ffff:127.0.0.1]`) ends up as the address
-    it really means. Delivery must call this again: DNS can change between the two.
-    """
-    if allow_private:
-        return
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    for address in resolve(host, port, timeout):
-        if not is_public(address):
-            raise ApiError(
-                400,
-                f"webhook_url must point to a public address: {host} is {address} "
-                "(set WEBHOOK_ALLOW_PRIVATE=true to allow private targets)",
-            )
-
-
-def resolve(host: str, port: int, timeout: float) -> list[IPAddress]:
-    """Return every address `host` resolves to, or raise ApiError (400) within `timeout`."""
-    # getaddrinfo has no timeout of its own: run it on a thread and stop waiting for it.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resolve")
-    future = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    pool.shutdown(wait=False)
+    """Refuse (400) a webhook URL whose host does not resolve, or is or resolves to a non-public
+    address (unless `allow_private`). Delivery checks again at send time (worker/webhooks.py)."""
     try:
-        infos = future.result(timeout=timeout)
-    except FutureTimeout:
-        raise ApiError(
-            400, f"webhook_url host {host!r} did not resolve within {timeout} s"
-        ) from None
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ApiError(400, f"webhook_url host {host!r} does not resolve: {exc}") from None
-    # A scoped IPv6 address comes back as "fe80::1%eth0"; the scope is not part of the address.
-    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-
-
-GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
-
-
-def is_public(address: IPAddress) -> bool:
-    """Return whether `address` is a globally routable unicast address."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return is_public(address.ipv4_mapped)
-        # Outside 2000::/3 lie the forms that embed an IPv4 address without saying so
-        # (IPv4-compatible ::a.b.c.d, IPv4-translated, NAT64): refuse them all.
-        if address not in GLOBAL_UNICAST_V6:
-            return False
-        if address.sixtofour is not None:
-            return is_public(address.sixtofour)
-        if address.teredo is not None:
-            return is_public(address.teredo[1])
-    return address.is_global and not address.is_multicast
+        checked_addresses(url, allow_private=allow_private, timeout=timeout)
+    except TargetError as exc:
+        raise ApiError(400, str(exc)) from None

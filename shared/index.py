@@ -57,8 +57,15 @@ return #expired
 # the change in the transitions hash, field "<from>:<to>" ("new" when the job was in no set),
 # in the same transaction: the count can never disagree with the index. Which set held the job
 # comes from the ZREM replies the move makes anyway, so counting costs one HINCRBY.
-# KEYS: job hash, index marker, transitions hash, the index sets in Status order.
-# ARGV: job id, RQ status, target set position (1-based), schema.
+# An end (done, failed, canceled) is also published on the job's channel (ARGV[5], "" for
+# none), for requests waiting on it. And when the caller saved a webhook delivery job for this
+# end (ARGV[6], "" for none), a real change pushes it onto its queue and starts the delivery
+# state afresh (for ARGV[7] seconds); an end recorded twice (RQ writes a stop twice) deletes
+# the second one unqueued, so each end is delivered exactly once.
+# KEYS: job hash, index marker, transitions hash, the index sets in Status order; with a
+# delivery: its queue list, its job hash, the delivery state hash.
+# ARGV: job id, RQ status, target set position (1-based), schema, channel, delivery job id,
+# delivery state TTL.
 # The status names are written into the script (`names`, in Status order), not sent each call.
 RECORD_LUA = (
     "local names = {"
@@ -68,19 +75,34 @@ RECORD_LUA = (
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local first = 4
+local last = first + #names - 1
 local position = tonumber(ARGV[3])
 local target = position + first - 1
 local from = 'new'
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = first, #KEYS do
+for i = first, last do
   if i ~= target and redis.call('ZREM', KEYS[i], ARGV[1]) == 1 then
     from = names[i - first + 1]
   end
 end
-if redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1]) == 1 then
+local changed = redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1]) == 1
+if changed then
   redis.call('HINCRBY', KEYS[3], from .. ':' .. names[position], 1)
 end
 redis.call('HSET', KEYS[2], 'schema', ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], names[position])
+end
+if ARGV[6] ~= '' then
+  if changed then
+    redis.call('RPUSH', KEYS[last + 1], ARGV[6])
+    redis.call('DEL', KEYS[last + 3])
+    redis.call('HSET', KEYS[last + 3], 'delivery', ARGV[6], 'state', 'pending', 'attempts', 0)
+    redis.call('EXPIRE', KEYS[last + 3], ARGV[7])
+  else
+    redis.call('DEL', KEYS[last + 2])
+  end
+end
 """
 )
 
@@ -99,11 +121,39 @@ return ranges
 _INDEX_KEYS = keys.status_index_keys()
 
 
-def record(pipeline: Pipeline, job_id: str, rq_status: JobStatus | str) -> None:
-    """Queue the recording of `job_id` now having `rq_status` inside `pipeline`'s MULTI."""
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook delivery job saved in the same pipeline, to be queued if the end is new."""
+
+    queue_key: str
+    job_id: str
+    job_key: str
+    ttl: int
+
+
+def record(
+    pipeline: Pipeline,
+    job_id: str,
+    rq_status: JobStatus | str,
+    delivery: Delivery | None = None,
+) -> None:
+    """Queue the recording of `job_id` now having `rq_status` inside `pipeline`'s MULTI (and the
+    queueing of `delivery`, when this records a new end)."""
     status = from_rq(rq_status)
     script_keys = [keys.rq_job_key(job_id), keys.marker_key(), keys.transitions_key(), *_INDEX_KEYS]
-    args = [job_id, JobStatus(rq_status).value, STATUSES.index(status) + 1, keys.SCHEMA_VERSION]
+    channel = keys.job_ended_channel(job_id) if status in FINAL_STATUSES else ""
+    args: list[str | int] = [
+        job_id,
+        JobStatus(rq_status).value,
+        STATUSES.index(status) + 1,
+        keys.SCHEMA_VERSION,
+        channel,
+        "",
+        0,
+    ]
+    if delivery is not None:
+        script_keys += [delivery.queue_key, delivery.job_key, keys.delivery_state_key(job_id)]
+        args[5:] = [delivery.job_id, delivery.ttl]
     # Plain EVAL, not EVALSHA: redis-py would spend a SCRIPT EXISTS round trip per pipeline
     # on a registered script, and a NOSCRIPT error inside MULTI (after a Redis restart)
     # would let RQ's half of the transaction commit without ours.

@@ -10,7 +10,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.utils import import_attribute
 
-from shared import index, tasks
+from shared import delivery, index, keys, tasks
 from shared.status import Status, from_rq
 
 logger = logging.getLogger(__name__)
@@ -33,22 +33,40 @@ class TrackedJob(Job):
     Module-level, so RQ's own tools can name it: `rq worker -j shared.job.TrackedJob`.
     """
 
+    @property
+    def is_delivery(self) -> bool:
+        """Return whether this is a webhook delivery, not a job of the index."""
+        # A worker serves the delivery queue with this class too; deliveries stay RQ's alone.
+        # The queue tells (QUEUE_NAME cannot name a delivery queue), without unpickling the data.
+        return keys.is_webhook_queue(self.origin)
+
     def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
-        """Set the status in RQ and in the index, inside `pipeline` when one is given."""
+        """Set the status in RQ and in the index, inside `pipeline` when one is given; at an
+        end, queue its webhook delivery in the same transaction."""
+        if self.is_delivery:
+            super().set_status(status, pipeline)
+            return
         # The record script writes RQ's own `status` field too, so the index can never
         # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
         self._status = JobStatus(status)
         if pipeline is not None:
-            index.record(pipeline, self.id, self._status)
+            self._record(pipeline)
             return
         with self.connection.pipeline() as own:
-            index.record(own, self.id, self._status)
+            self._record(own)
             own.execute()
+
+    def _record(self, pipeline: Pipeline) -> None:
+        policy = delivery.WebhookPolicy.of(self)
+        ends = from_rq(self._status) in index.FINAL_STATUSES
+        sent = delivery.new_delivery(self, policy, pipeline) if policy and ends else None
+        index.record(pipeline, self.id, self._status, sent)
 
     def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
         """Mark the job started, as RQ does, and record `running` in the same pipeline."""
         super().prepare_for_execution(worker_name, pipeline)
-        index.record(pipeline, self.id, JobStatus.STARTED)
+        if not self.is_delivery:
+            index.record(pipeline, self.id, JobStatus.STARTED)
 
     def delete(
         self,
@@ -89,7 +107,10 @@ class TrackedJob(Job):
 
     @property
     def func(self) -> Any:
-        """Return the task runner, refusing a job that names any other function."""
+        """Return the task runner (or the webhook delivery), refusing any other function."""
+        if self.func_name == delivery.DELIVER:
+            # A fixed name, never a client's: only the worker, which runs it, imports it.
+            return import_attribute(delivery.DELIVER)
         if self.func_name not in RUNNER_NAMES:
             raise UnregisteredFunctionError(
                 f"job {self.id} names {self.func_name!r}, not the task runner"
@@ -115,6 +136,21 @@ def tracked_subclass(given: type[Any] | str | None, tracked: type[T]) -> type[T]
 def _refuse_callback(job: Job, name: str | None) -> None:
     if name:
         logger.warning("job %s names callback %r; callbacks are not run", job.id, name)
+
+
+def error_message(job: Job) -> str | None:
+    """Return the error of a failed job in words: the last line of its traceback."""
+    result = job.latest_result()
+    text = result.exc_string if result is not None else None
+    # A traceback of only white space (written by something other than a worker) has no line.
+    lines = str(text or "").strip().splitlines()
+    if not lines:
+        return None
+    # The last line of a traceback names the exception and its message.
+    last = lines[-1]
+    if "AbandonedJobError" in last:
+        return f"The worker running this job died (its heartbeat lapsed): {last}"
+    return last
 
 
 def log_transition(job: Job, previous: Status | None) -> None:

@@ -10,6 +10,8 @@ from shared.status import Status
 PREFIX = "tkj:"
 # Bumped when the index layout changes incompatibly; see docs/index-layout.md.
 SCHEMA_VERSION = 1
+# The delivery queue of queue "q" is "q:webhooks"; QUEUE_NAME may not end so (settings).
+WEBHOOK_QUEUE_SUFFIX = ":webhooks"
 
 
 def marker_key() -> str:
@@ -46,6 +48,31 @@ def repairs_key() -> str:
 def health_probe_key() -> str:
     """Return the key /health and /metrics write to learn whether Redis accepts writes."""
     return f"{PREFIX}health:probe"
+
+
+def job_ended_channel(job_id: str) -> str:
+    """Return the pub/sub channel told the status `job_id` ends in (done, failed or canceled)."""
+    return f"{PREFIX}ended:{job_id}"
+
+
+def delivery_state_key(job_id: str) -> str:
+    """Return the key of the hash holding the state of the webhook delivery of `job_id`'s end."""
+    return f"{PREFIX}webhook:{job_id}"
+
+
+def deliveries_key() -> str:
+    """Return the key of the hash counting webhook delivery attempts, one field per outcome."""
+    return f"{PREFIX}webhooks"
+
+
+def webhook_queue_name(queue_name: str) -> str:
+    """Return the name of the RQ queue delivering the webhooks of `queue_name`'s jobs."""
+    return f"{queue_name}{WEBHOOK_QUEUE_SUFFIX}"
+
+
+def is_webhook_queue(queue_name: str) -> bool:
+    """Return whether `queue_name` is a webhook delivery queue (its jobs are not in the index)."""
+    return queue_name.endswith(WEBHOOK_QUEUE_SUFFIX)
 
 
 def rq_queue_key(queue_name: str) -> str:

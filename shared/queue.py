@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Queue
+from rq.exceptions import DuplicateJobError
 from rq.job import Job
 
 from shared import keys, tasks
@@ -148,45 +151,85 @@ class TrackedQueue(Queue):
         max_length: int,
         memory: MemoryBudget | None = None,
         at_front: bool = False,
+        unique: bool = False,
     ) -> int:
         """Enqueue the new `job` unless the queue holds `max_length` waiting jobs (0: no limit)
-        or Redis's memory is past `memory`'s budget (None: no memory check).
+        or Redis's memory is past `memory`'s budget (None: no memory check); with `unique`, as
+        RQ's `unique=True` does, unless a job of its id exists (DuplicateJobError).
 
-        Return the queue length right after the enqueue, or raise QueueFullError or
-        MemoryFullError. The checks and RQ's own enqueue run in one MULTI that never retries,
-        exact under any concurrency. The job must be new (a fresh id, never saved), on an
-        asynchronous queue, without dependencies: a refusal takes back exactly what RQ's
-        enqueue of such a job writes.
+        Return the queue length right after the enqueue, or raise QueueFullError,
+        MemoryFullError or DuplicateJobError. The checks and RQ's own enqueue run in one MULTI
+        that never retries, exact under any concurrency. The job must be new (a fresh id, never
+        saved), on an asynchronous queue, without dependencies: a refusal takes back exactly
+        what RQ's enqueue of such a job writes.
         """
         if job._dependency_ids or not self._is_async:
             raise ValueError("a bounded enqueue takes a new job without dependencies, run async")
         with self.connection.pipeline() as pipe:
+            if unique:
+                # RQ's own unique enqueue is a Lua script outside any MULTI, which would leave
+                # out the index record and the gate: the same check (the job hash exists, or
+                # appears before EXEC) is made here under WATCH, inside the one transaction.
+                pipe.watch(job.key)  # type: ignore[no-untyped-call]
+                if pipe.exists(job.key):
+                    raise DuplicateJobError(f"Job with ID '{job.id}' already exists")
+                pipe.multi()
             self.enqueue_job(job, pipeline=pipe, at_front=at_front)
-            if not max_length and memory is None:
-                pipe.llen(self.key)
-                return int(pipe.execute()[-1])
-            gate_keys = [
-                self.key,
-                job.key,
-                keys.transitions_key(),
-                keys.status_index_key(Status.QUEUED),
-                self.started_job_registry.key,
-            ]
-            budget = memory or MemoryBudget(percent=0, result_bytes=0)
-            args: list[str | int] = [
-                job.id,
-                max_length,
-                int(at_front),
-                budget.percent,
-                budget.result_bytes,
-            ]
-            pipe.eval(GATE_LUA, len(gate_keys), *gate_keys, *args)
-            verdict, length = pipe.execute()[-1]
+            try:
+                if not max_length and memory is None:
+                    pipe.llen(self.key)
+                    return int(pipe.execute()[-1])
+                verdict, length = self._gate(pipe, job, max_length, memory, at_front)
+            except WatchError:
+                raise DuplicateJobError(f"Job with ID '{job.id}' already exists") from None
         if verdict == 1:
             raise QueueFullError(int(length))
         if verdict == 2:
             raise MemoryFullError(int(length))
         return int(length)
+
+    def _gate(
+        self,
+        pipe: Pipeline,
+        job: Job,
+        max_length: int,
+        memory: MemoryBudget | None,
+        at_front: bool,
+    ) -> tuple[int, int]:
+        """Run the enqueue queued in `pipe` with the gate script; return its verdict and length."""
+        gate_keys = [
+            self.key,
+            job.key,
+            keys.transitions_key(),
+            keys.status_index_key(Status.QUEUED),
+            self.started_job_registry.key,
+        ]
+        budget = memory or MemoryBudget(percent=0, result_bytes=0)
+        args: list[str | int] = [
+            job.id,
+            max_length,
+            int(at_front),
+            budget.percent,
+            budget.result_bytes,
+        ]
+        pipe.eval(GATE_LUA, len(gate_keys), *gate_keys, *args)
+        verdict, length = pipe.execute()[-1]
+        return int(verdict), int(length)
+
+    def _enqueue_async_job(
+        self,
+        job: Job,
+        pipeline: Pipeline | None = None,
+        at_front: bool = False,
+        unique: bool = False,
+    ) -> Job:
+        """Enqueue as RQ does; `unique` as RQ's, but through the tracked enqueue (the index
+        records the job in the same transaction)."""
+        if not unique:
+            return super()._enqueue_async_job(job, pipeline=pipeline, at_front=at_front)
+        # Like RQ's unique enqueue, this one is its own transaction: `pipeline` is not used.
+        self.enqueue_bounded(job, 0, at_front=at_front, unique=True)
+        return job
 
     def empty(self) -> int:
         """Remove every waiting job from RQ and from the index, a bounded batch at a time."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import sys
@@ -22,7 +24,8 @@ QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 WorkerClass = Literal["fork", "simple"]
 # Their values may hold a password: an error names them but never repeats the value.
-SECRET_VARIABLES = frozenset({"API_KEY", "REDIS_URL", "DASHBOARD_PASSWORD"})
+SECRET_VARIABLES = frozenset({"API_KEY", "REDIS_URL", "DASHBOARD_PASSWORD", "WEBHOOK_SECRET"})
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (the form's prefix, not a secret)
 
 
 def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
@@ -55,6 +58,8 @@ def _redis_url(raw: str) -> str:
 def _queue_name(raw: str) -> str:
     if not QUEUE_NAME_RE.match(raw):
         raise ValueError("must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if raw.endswith(":webhooks"):
+        raise ValueError("must not end in :webhooks (the name of a webhook delivery queue)")
     return raw
 
 
@@ -92,6 +97,19 @@ def _directory(raw: str) -> str:
     # environment, workers in containers of their own, need not have it.
     if not os.path.isabs(raw):
         raise ValueError("must be an absolute path")
+    return raw
+
+
+def _webhook_secret(raw: str) -> str:
+    # The Standard Webhooks form: "whsec_" then the key in base64, 24 to 64 bytes.
+    if not raw.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"must start with {WEBHOOK_SECRET_PREFIX} (the Standard Webhooks form)")
+    try:
+        key = base64.b64decode(raw.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except binascii.Error:
+        raise ValueError(f"must be {WEBHOOK_SECRET_PREFIX} followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("must hold a key of 24 to 64 bytes")
     return raw
 
 
@@ -149,6 +167,15 @@ class Settings:
     repair_interval: int = 30
     retry_after_seconds: int = 5
     webhook_allow_private: bool = False
+    # Deliveries are signed with it (Standard Webhooks); without it a webhook_url is refused.
+    webhook_secret: str | None = None
+    # A delivery is tried this many times in all, the pause before try n+1 about
+    # backoff * 2^(n-1) seconds (with jitter); each try connects and reads within the timeout.
+    webhook_max_attempts: int = 8
+    webhook_backoff_seconds: int = 5
+    webhook_timeout_seconds: float = 10.0
+    # The Retry-After of a submission's 202: when a poll is first worth making.
+    poll_after_seconds: int = 2
     build_number: str = "0.1.0"
     log_level: str = "INFO"
     log_format: LogFormat = "text"
@@ -210,6 +237,19 @@ class Settings:
             ),
             webhook_allow_private=read(
                 "WEBHOOK_ALLOW_PRIVATE", _bool, defaults.webhook_allow_private
+            ),
+            webhook_secret=read("WEBHOOK_SECRET", _webhook_secret, None),
+            webhook_max_attempts=read(
+                "WEBHOOK_MAX_ATTEMPTS", _int(1, 50), defaults.webhook_max_attempts
+            ),
+            webhook_backoff_seconds=read(
+                "WEBHOOK_BACKOFF_SECONDS", _int(1, 3600), defaults.webhook_backoff_seconds
+            ),
+            webhook_timeout_seconds=read(
+                "WEBHOOK_TIMEOUT_SECONDS", _float(0.1, 120), defaults.webhook_timeout_seconds
+            ),
+            poll_after_seconds=read(
+                "POLL_AFTER_SECONDS", _int(1, 3600), defaults.poll_after_seconds
             ),
             build_number=read("BUILD_NUMBER", str, defaults.build_number),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),

@@ -26,7 +26,7 @@ from shared.job import TrackedJob
 from shared.redis import connect
 from shared.settings import Settings
 from shared.wiring import Services, build_services
-from tests.helpers import API_KEY, Process, RedisServer
+from tests.helpers import API_KEY, WEBHOOK_SECRET, Process, RedisServer
 from worker.main import TrackingMixin, build_worker
 
 # The system's temporary directory and what it held when the session started; and the entry
@@ -112,7 +112,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def settings(redis_server: RedisServer) -> Settings:
     """Return settings pointing at the session's Redis, with an API key and a simple worker."""
-    return Settings(redis_url=redis_server.url, api_key=API_KEY, worker_class="simple")
+    return Settings(
+        redis_url=redis_server.url,
+        api_key=API_KEY,
+        worker_class="simple",
+        webhook_secret=WEBHOOK_SECRET,
+    )
 
 
 @pytest.fixture

@@ -37,6 +37,9 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 API_KEY = "test-key-0123456789"
+# A Standard Webhooks secret (whsec_ + base64 of 32 bytes) the tests sign and verify with.
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
 AUTH = {"x-api-key": API_KEY}
 
 JOBS = "/v1/toolkit/jobs"

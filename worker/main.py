@@ -17,14 +17,14 @@ from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
 from rq.worker import BaseWorker
 
-from shared import tasks
+from shared import keys, tasks
 from shared.index import StatusIndex
 from shared.job import TrackedJob, log_transition, tracked_subclass
 from shared.queue import TrackedQueue
 from shared.redis import connect
 from shared.settings import Settings
 from shared.status import Status
-from worker import repair
+from worker import repair, webhooks
 from worker.clock import RedisClock, use_redis_time
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class TrackingMixin(BaseWorker):
         """Build RQ's worker on tracked queues and jobs; settings default to the environment."""
         self.settings = settings if settings is not None else Settings.from_env()
         tasks.load(self.settings.task_modules, self.settings.max_result_bytes)
+        webhooks.configure(self.settings)
         kwargs["job_class"] = tracked_subclass(kwargs.get("job_class"), TrackedJob)
         kwargs["queue_class"] = tracked_subclass(kwargs.get("queue_class"), TrackedQueue)
         if isinstance(queues, Queue | str):
@@ -231,8 +232,10 @@ def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -
 def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> TrackingMixin:
     """Return a worker of the configured class on the configured queue, recording into the index."""
     worker_class = TrackedWorker if settings.worker_class == "fork" else TrackedSimpleWorker
+    # Deliveries first: each try is short and bounded, and a busy queue must not hold back
+    # the webhooks of the jobs that already ended.
     return worker_class(
-        [settings.queue_name],
+        [keys.webhook_queue_name(settings.queue_name), settings.queue_name],
         connection=connection,
         settings=settings,
         maintenance_interval=settings.maintenance_interval,

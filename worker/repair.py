@@ -220,13 +220,16 @@ class Source:
 
 
 def sources(connection: Redis) -> Iterator[Source]:
-    """Yield the index sets, then every queue and registry RQ knows of."""
+    """Yield the index sets, then every queue and registry RQ knows of (but the webhook
+    delivery queues: their jobs are RQ's alone, never in the index)."""
     for status in STATUSES:
         yield Source(keys.status_index_key(status), "index", status)
     members: set[bytes] = connection.smembers(Queue.redis_queues_keys)  # type: ignore[assignment]
     for raw in sorted(members):
         queue_key = raw.decode()
         name = queue_key.removeprefix(Queue.redis_queue_namespace_prefix)
+        if keys.is_webhook_queue(name):
+            continue
         yield Source(queue_key, "list", Status.QUEUED)
         yield Source(StartedJobRegistry.key_template.format(name), "wip", Status.RUNNING)
         for registry, rq_status in ZSET_REGISTRIES:

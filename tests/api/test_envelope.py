@@ -10,7 +10,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.envelope import envelope
+from shared.envelope import envelope
 from tests.helpers import (
     AUTH,
     AUTHENTICATE,

@@ -182,7 +182,7 @@ def test_bad_webhook_url_is_400(client: FlaskClient, conn: redis.Redis, url: Any
 def test_webhook_url_is_stored(client: FlaskClient, conn: redis.Redis, url: str) -> None:
     """A valid http(s) webhook_url at a public address is accepted and kept in the job's meta."""
     job_id = submit(client, "echo", webhook_url=url)
-    assert Job.fetch(job_id, connection=conn).meta["webhook_url"] == url
+    assert Job.fetch(job_id, connection=conn).meta["webhook"]["url"] == url
 
 
 PUBLIC_HOOK = "https://93.184.216.34/n8n/abc?x=1"
@@ -195,11 +195,18 @@ def test_meta_of_a_plain_submission(client: FlaskClient, conn: redis.Redis) -> N
 
 
 def test_meta_keeps_the_client_id_and_the_webhook(client: FlaskClient, conn: redis.Redis) -> None:
-    """The client's id and webhook_url are kept in meta beside the task and progress 0."""
+    """The client's id and the webhook's delivery policy (from the settings) are kept in meta
+    beside the task and progress 0."""
     job_id = submit(client, "echo", id="req-7", webhook_url=PUBLIC_HOOK)
     assert Job.fetch(job_id, connection=conn).meta == {
         "task": "echo",
         "progress": 0,
         "client_id": "req-7",
-        "webhook_url": PUBLIC_HOOK,
+        "webhook": {
+            "url": PUBLIC_HOOK,
+            "max_attempts": 8,
+            "backoff_seconds": 5,
+            "timeout_seconds": 10.0,
+            "retention_seconds": 7 * 24 * 3600,
+        },
     }

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from api.webhooks import is_public
+from shared.addresses import is_public
 
 
 @pytest.mark.parametrize(
