@@ -1,10 +1,11 @@
-"""Metrics read from Redis at scrape time: queue depths, index sizes, transitions, oldest wait."""
+"""Metrics read from Redis at scrape time: queue depths, index sizes, transitions, oldest wait,
+webhook deliveries."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,6 +16,7 @@ from rq import Queue
 from api.redis_health import RedisHealth, check
 from api.request_metrics import PREFIX
 from shared import keys
+from shared.delivery import OUTCOMES as DELIVERY_OUTCOMES
 from shared.index import REPAIR_KINDS, STATUSES, parse_transitions
 from shared.queue import MemoryBudget, TrackedQueue
 from shared.redis import MICROS, time_micros
@@ -32,6 +34,8 @@ class RedisSnapshot:
     transitions: dict[tuple[str, str], int]
     oldest_queued_age_seconds: float
     repairs: dict[str, int]
+    # Webhook delivery tries by outcome (worker/webhooks.py OUTCOMES).
+    deliveries: dict[str, int] = field(default_factory=dict)
 
 
 def read_snapshot(connection: Redis, queue_name: str) -> RedisSnapshot:
@@ -46,8 +50,8 @@ def read_snapshot(connection: Redis, queue_name: str) -> RedisSnapshot:
         replies = _read(connection, queue_names, transaction=False)
     now = time_micros(replies[0])
     counts = replies[1 : 1 + len(STATUSES)]
-    oldest, transitions, repairs = replies[1 + len(STATUSES) : 4 + len(STATUSES)]
-    depths = replies[4 + len(STATUSES) :]
+    oldest, transitions, repairs, deliveries = replies[1 + len(STATUSES) : 5 + len(STATUSES)]
+    depths = replies[5 + len(STATUSES) :]
     age = max(0.0, (now - oldest[0][1]) / MICROS) if oldest else 0.0
     return RedisSnapshot(
         queue_depths={name: int(depth) for name, depth in zip(queue_names, depths, strict=True)},
@@ -55,6 +59,7 @@ def read_snapshot(connection: Redis, queue_name: str) -> RedisSnapshot:
         transitions=parse_transitions(transitions),
         oldest_queued_age_seconds=age,
         repairs={kind.decode(): int(count) for kind, count in repairs.items()},
+        deliveries={outcome.decode(): int(count) for outcome, count in deliveries.items()},
     )
 
 
@@ -66,6 +71,7 @@ def _read(connection: Redis, queue_names: list[str], *, transaction: bool) -> li
         pipe.zrange(keys.status_index_key(Status.QUEUED), 0, 0, withscores=True)
         pipe.hgetall(keys.transitions_key())
         pipe.hgetall(keys.repairs_key())
+        pipe.hgetall(keys.deliveries_key())
         for name in queue_names:
             pipe.llen(keys.rq_queue_key(name))
         replies: list[Any] = pipe.execute()
@@ -111,7 +117,17 @@ def families(snapshot: RedisSnapshot | None, health: RedisHealth | None = None) 
     )
     for kind in REPAIR_KINDS:
         repairs.add_metric([kind], snapshot.repairs.get(kind, 0))
-    return [*found, depth, jobs, transitions, oldest, repairs]
+    deliveries = CounterMetricFamily(
+        f"{PREFIX}webhook_deliveries",
+        "Webhook delivery outcomes: delivered (2xx), failed (a try that did not deliver), "
+        "gave_up (the last try failed), gone (410: never again), refused (the host resolved to "
+        "a non-public address at send time). Waiting deliveries are the queue_depth of "
+        '"<queue>:webhooks".',
+        labels=["outcome"],
+    )
+    for outcome in DELIVERY_OUTCOMES:
+        deliveries.add_metric([outcome], snapshot.deliveries.get(outcome, 0))
+    return [*found, depth, jobs, transitions, oldest, repairs, deliveries]
 
 
 def _health_families(health: RedisHealth) -> list[Metric]:

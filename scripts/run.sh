@@ -56,6 +56,11 @@ if [ -z "${DASHBOARD_PASSWORD:-}" ]; then
   export DASHBOARD_PASSWORD
   echo "generated DASHBOARD_PASSWORD (set DASHBOARD_PASSWORD to choose your own)"
 fi
+if [ -z "${WEBHOOK_SECRET:-}" ]; then
+  WEBHOOK_SECRET=$("$BIN/python" -c 'import base64, os; print("whsec_" + base64.b64encode(os.urandom(32)).decode())')
+  export WEBHOOK_SECRET
+  echo "generated WEBHOOK_SECRET=$WEBHOOK_SECRET (webhook receivers verify with it; set your own to keep it)"
+fi
 export PORT="${PORT:-8080}"
 
 # In its own session too: Ctrl-C reaches gunicorn only as stop_all's SIGTERM, its graceful stop

@@ -31,6 +31,8 @@ from shared.status import from_rq
 DELIVER = "worker.webhooks.deliver"
 # The longest pause between two tries, however many there are.
 MAX_BACKOFF_SECONDS = 3600
+# How delivery tries end, each counted in the outcomes hash (`keys.deliveries_key`, /metrics).
+OUTCOMES = ("delivered", "failed", "gave_up", "gone", "refused")
 # The state hash's fields that hold numbers and times (the rest are words).
 STATE_INTS = ("attempts", "last_status")
 STATE_TIMES = ("delivered_at", "next_attempt_at")

@@ -241,6 +241,7 @@ def service_env(redis_url: str, **overrides: str) -> dict[str, str]:
     env.update(
         REDIS_URL=redis_url,
         API_KEY=API_KEY,
+        WEBHOOK_SECRET=WEBHOOK_SECRET,
         LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
         MAINTENANCE_INTERVAL="1",
@@ -686,3 +687,74 @@ def assert_fast_envelope(
     assert reply.body["code"] == status, reply.body
     assert reply.body["message"].startswith(message_start), reply.body["message"]
     assert reply.elapsed < within, f"took {reply.elapsed:.2f}s"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request a Receiver got: its path, headers (names lower-cased) and body."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        """Return the body parsed as JSON."""
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A webhook receiver on loopback: records every POST and answers as scripted.
+
+    `answers` is consumed one per request: an int is a status code to answer, "hang" holds the
+    connection open without answering (until the receiver stops); once it runs out, `then`
+    answers every further request.
+    """
+
+    def __init__(self, answers: list[int | str] | None = None, then: int | str = 200) -> None:
+        import http.server
+        import threading
+
+        self.hits: list[Hit] = []
+        self.answers = list(answers or [])
+        self.then = then
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver._lock:
+                    receiver.hits.append(Hit(self.path, headers, body, time.monotonic()))
+                    answer = receiver.answers.pop(0) if receiver.answers else receiver.then
+                if answer == "hang":
+                    receiver._stop.wait()
+                    return
+                self.send_response(int(answer))
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Return the URL to give as webhook_url (loopback: needs WEBHOOK_ALLOW_PRIVATE)."""
+        return f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -52,8 +52,6 @@ RESPONSE_CAP = 1024
 # The envelope's `code` for each end: a failure is the toolkit's 500; a canceled job has no
 # failure of its own, so it says what nginx says of a request its client gave up on.
 END_CODES = {Status.DONE: 200, Status.FAILED: 500, Status.CANCELED: 499}
-# How each outcome is counted in the outcomes hash (/metrics).
-OUTCOMES = ("delivered", "failed", "gave_up", "gone", "refused")
 
 # Update the delivery state hash KEYS[1] only while it belongs to this delivery (ARGV[1]): a
 # job that ended again since has a newer delivery, whose state this one must not overwrite.
