@@ -50,6 +50,7 @@ def cancel() -> Response:
             return _stop_running(job)
         JOB_ACTIONS.labels("cancel", "conflict").inc()
         raise ApiError(409, f"Job already {status.value}: nothing to cancel", job_id=job_id)
+    JOB_ACTIONS.labels("cancel", "conflict").inc()
     raise ApiError(409, "The job changed state while being canceled: try again", job_id=job_id)
 
 

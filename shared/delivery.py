@@ -73,16 +73,18 @@ class WebhookPolicy:
         )
 
     def intervals(self, rng: random.Random | None = None) -> list[int]:
-        """Return the pauses (s) before tries 2..max_attempts: backoff doubling, with jitter.
+        """Return the intervals (s) RQ is given before tries 2..max_attempts.
 
-        Each pause lies between half and all of backoff * 2^(n-1) ("equal jitter"), so that
-        the deliveries of jobs that failed together do not all come back together.
+        The pause before try n+1 is drawn between half and all of backoff * 2^(n-1) ("equal
+        jitter"), so that the deliveries of jobs that failed together do not all come back
+        together. RQ's scheduler counts whole seconds, rounding the due time down: each interval
+        is the pause rounded up, plus one second, so that no try comes before its pause is over.
         """
         pick = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         pauses = []
         for n in range(self.max_attempts - 1):
             full = min(self.backoff_seconds * 2**n, MAX_BACKOFF_SECONDS)
-            pauses.append(max(1, math.ceil(full / 2 + pick.uniform(0, full / 2))))
+            pauses.append(math.ceil(full / 2 + pick.uniform(0, full / 2)) + 1)
         return pauses
 
     @property
@@ -116,6 +118,34 @@ def new_delivery(job: Job, policy: WebhookPolicy, pipeline: Pipeline) -> Deliver
     delivery.save(pipeline=pipeline)
     pipeline.sadd(Queue.redis_queues_keys, queue.key)
     return Delivery(queue.key, delivery.id, delivery.key, policy.retention_seconds)
+
+
+# A try that ends without reporting (its work-horse killed: the worker died, or RQ's job
+# timeout) leaves the state "delivering"; when RQ then retries the delivery job (ARGV[2]
+# "retrying") or fails it for good ("gave_up"), count the lost try as failed and say so.
+# KEYS: the delivery state hash, the outcomes hash. ARGV: delivery job id, state, error.
+SETTLE_LUA = """
+if redis.call('HGET', KEYS[1], 'delivery') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'delivering' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'last_error', ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'failed', 1)
+if ARGV[2] == 'gave_up' then redis.call('HINCRBY', KEYS[2], 'gave_up', 1) end
+return 1
+"""
+LOST_TRY = "the try ended without an answer: its worker died, or it ran past its time"
+
+
+def settle_lost_try(client: Redis | Pipeline, delivery: Job, status: JobStatus) -> None:
+    """Record a lost try of `delivery` now that RQ gives it `status` (in `client`'s MULTI)."""
+    if status is JobStatus.FAILED:
+        outcome = "gave_up"
+    elif status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
+        outcome = "retrying"
+    else:
+        return
+    job_id = str(delivery.args[0])
+    script_keys = [keys.delivery_state_key(job_id), keys.deliveries_key()]
+    client.eval(SETTLE_LUA, len(script_keys), *script_keys, delivery.id, outcome, LOST_TRY)
 
 
 def read_state(connection: Redis, job_id: str) -> dict[str, Any] | None:

@@ -45,6 +45,9 @@ class TrackedJob(Job):
         end, queue its webhook delivery in the same transaction."""
         if self.is_delivery:
             super().set_status(status, pipeline)
+            delivery.settle_lost_try(
+                pipeline if pipeline is not None else self.connection, self, JobStatus(status)
+            )
             return
         # The record script writes RQ's own `status` field too, so the index can never
         # disagree with RQ, whether or not the caller batches into a MULTI pipeline.
@@ -58,8 +61,17 @@ class TrackedJob(Job):
 
     def _record(self, pipeline: Pipeline) -> None:
         policy = delivery.WebhookPolicy.of(self)
-        ends = from_rq(self._status) in index.FINAL_STATUSES
-        sent = delivery.new_delivery(self, policy, pipeline) if policy and ends else None
+        sent = None
+        if policy is not None and from_rq(self._status) in index.FINAL_STATUSES:
+            sent = delivery.new_delivery(self, policy, pipeline)
+        elif policy is not None:
+            # Running again (retried): the last end's delivery state is no longer this job's.
+            pipeline.delete(keys.delivery_state_key(self.id))
+        if from_rq(self._status) is Status.QUEUED:
+            # A job requeued from RQ's failed registry (our retry, rq-dashboard's requeue, `rq
+            # requeue`) keeps the expiry its failure gave its hash: it would vanish while it
+            # waits. A waiting job lives until it runs, as a new one does.
+            pipeline.persist(self.key)
         index.record(pipeline, self.id, self._status, sent)
 
     def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
@@ -160,13 +172,17 @@ def log_transition(job: Job, previous: Status | None) -> None:
     `running`, running before an end state.
     """
     reached = from_rq(job._status)
+    # A webhook delivery has no task: it says what it is instead.
+    label = (
+        "webhook delivery" if keys.is_webhook_queue(job.origin) else (job.meta or {}).get("task")
+    )
     since = job.enqueued_at if previous is Status.QUEUED else job.started_at
     until = job.started_at if reached is Status.RUNNING else job.ended_at
     duration = (until - since).total_seconds() if since and until else None
     logger.info(
         "job %s (%s) %s -> %s%s",
         job.id,
-        (job.meta or {}).get("task"),
+        label,
         previous.value if previous else "new",
         reached.value,
         f" after {duration:.3f}s" if duration is not None else "",

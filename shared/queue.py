@@ -85,7 +85,7 @@ return #ids
 
 
 # Options of RQ's enqueue that are not the job's own (create_job refuses them).
-ENQUEUE_ONLY = ("at_front", "pipeline")
+ENQUEUE_ONLY = ("at_front", "pipeline", "unique")
 
 
 class QueueFullError(Exception):

@@ -15,6 +15,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError, OutOfMemoryError, TimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
+from rq.utils import now
 from rq.worker import BaseWorker
 
 from shared import keys, tasks
@@ -118,6 +119,9 @@ class TrackingMixin(BaseWorker):
 
     def handle_job_failure(self, job: Job, *args: Any, **kwargs: Any) -> None:
         """Fail (or stop) the job as RQ does (waiting out a full Redis), then log it."""
+        if job.ended_at is None:
+            # The work-horse stamps the end; a stopped job's horse was killed before it could.
+            job.ended_at = now()
         store_outcome(
             job, self._each_try(partial(super().handle_job_failure, job, *args, **kwargs))
         )

@@ -13,14 +13,17 @@ The state hash says where it stands, for the single-job status; the outcome coun
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import logging
+import math
 import os
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,7 @@ from redis import Redis
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.utils import now
 
 from shared import keys
 from shared.addresses import (
@@ -182,14 +186,18 @@ def signed_headers(secret: str, message_id: str, timestamp: int, body: bytes) ->
 def post(
     url: str, body: bytes, headers: dict[str, str], *, allow_private: bool, timeout: float
 ) -> Answer:
-    """POST `body` to `url` at an address checked just now; raise DeliveryError on a network
-    failure, PrivateTargetError or UnresolvableTargetError on a refused host."""
+    """POST `body` to `url` at an address checked just now, within twice `timeout` in all; raise
+    DeliveryError on a network failure, PrivateTargetError or UnresolvableTargetError on a
+    refused host."""
     parts = urlsplit(url)
     host, port = url_host_port(url)
     address = checked_addresses(url, allow_private=allow_private, timeout=timeout)[0]
     cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
     conn = cls(host, port, address=address, timeout=timeout)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Each socket operation has `timeout`; a receiver trickling its answer a byte at a time
+    # would renew it forever, so the whole try is also cut at a deadline.
+    cut = _Deadline(conn, 2 * timeout)
     try:
         conn.request(
             "POST",
@@ -197,15 +205,50 @@ def post(
             body=body,
             headers={"Content-Type": "application/json", "User-Agent": "toolkit-jobs", **headers},
         )
-        response = conn.getresponse()
-        excerpt = response.read(RESPONSE_CAP).decode("utf-8", "replace").strip()
-        return Answer(response.status, excerpt, response.getheader("Location"))
+        with conn.getresponse() as response:
+            # A 2xx is a delivery whatever its body says; any other answer's body explains it.
+            excerpt = "" if 200 <= response.status < 300 else _excerpt(response)
+            return Answer(response.status, excerpt, response.getheader("Location"))
     except TimeoutError:
         raise DeliveryError(f"no answer from {host} ({address}) within {timeout} s") from None
     except (OSError, http.client.HTTPException) as exc:
+        if cut.fired:
+            raise DeliveryError(
+                f"{host} ({address}) did not answer in full within {2 * timeout} s"
+            ) from None
         raise DeliveryError(f"{host} ({address}): {type(exc).__name__}: {exc}") from None
     finally:
+        cut.cancel()
         conn.close()
+
+
+def _excerpt(response: http.client.HTTPResponse) -> str:
+    try:
+        return response.read(RESPONSE_CAP).decode("utf-8", "replace").strip()
+    except (OSError, http.client.HTTPException):
+        return ""  # the status says enough
+
+
+class _Deadline:
+    """Shut `conn`'s socket down after `seconds`, unless cancelled first."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self.conn = conn
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        """Stop the timer (the try is over)."""
+        self.timer.cancel()
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -275,7 +318,8 @@ class _State:
             self._count("gave_up")
             logger.warning("webhook of job %s: gave up (%s)", self.job_id, error)
             return
-        next_at = time.time() + current.get_retry_interval()
+        # When RQ's scheduler will find the retry due: it rounds the due time down to a second.
+        next_at = math.floor(now().timestamp() + current.get_retry_interval())
         self.update(
             state="retrying", last_status=status or "", last_error=error, next_attempt_at=next_at
         )

@@ -1,0 +1,477 @@
+"""POST /v1/toolkit/job/cancel and /v1/toolkit/job/retry: RQ's own operations, answered in the
+envelope, counted in /metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq.job import Job, JobStatus
+from rq.registry import CanceledJobRegistry, FailedJobRegistry
+from werkzeug.test import TestResponse
+
+from api import actions
+from shared import keys
+from shared.job import TrackedJob
+from shared.status import Status
+from tests.helpers import (
+    JOB_CANCEL,
+    JOB_RETRY,
+    JOB_STATUS,
+    assert_envelope,
+    describe_job,
+    index_status,
+    post,
+    queue_length,
+    scrape,
+    submit,
+    wait_until,
+)
+from worker.main import TrackingMixin
+
+ACTIONS = "toolkit_jobs_job_actions_total"
+OUTCOMES = (
+    ("cancel", "canceled"),
+    ("cancel", "stopped"),
+    ("cancel", "stopping"),
+    ("cancel", "conflict"),
+    ("retry", "queued"),
+    ("retry", "conflict"),
+)
+# Long beside how soon an end is answered, short beside the per-test timeout.
+LONG_WAIT = 20
+PROMPT = 5.0
+
+
+def counts(client: FlaskClient) -> dict[tuple[str, str], float]:
+    """Return the job action counters of /metrics, by (action, outcome)."""
+    samples = scrape(client)
+    return {
+        pair: samples[(ACTIONS, (("action", pair[0]), ("outcome", pair[1])))] for pair in OUTCOMES
+    }
+
+
+class Tally:
+    """The job action counters of /metrics, and how far each moved since `restart()`."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+        self.before = counts(client)
+
+    def restart(self) -> None:
+        """Count from now on."""
+        self.before = counts(self.client)
+
+    def moved(self) -> dict[tuple[str, str], float]:
+        """Return each counter that moved since the start, with how much."""
+        after = counts(self.client)
+        return {
+            pair: after[pair] - self.before[pair]
+            for pair in OUTCOMES
+            if after[pair] != self.before[pair]
+        }
+
+
+@pytest.fixture
+def tally(client: FlaskClient) -> Tally:
+    """Return the job action counters, counting from the start of the test."""
+    return Tally(client)
+
+
+def act(client: FlaskClient, path: str, job_id: Any, code: int) -> dict[str, Any]:
+    """POST {"job_id": job_id} to `path`; assert the envelope with `code` and return it."""
+    body = assert_envelope(post(client, path, {"job_id": job_id}), code)
+    if code in (200, 202, 404, 409):
+        assert body["job_id"] == job_id
+    return body
+
+
+def rq_job(conn: redis.Redis, job_id: str) -> Job:
+    """Return RQ's own view of the job."""
+    return Job.fetch(job_id, connection=conn)
+
+
+def waiting_ids(conn: redis.Redis) -> list[bytes | str]:
+    """Return the ids waiting in the default queue, as Redis gives them."""
+    return list(conn.lrange(keys.rq_queue_key("default"), 0, -1))
+
+
+def mark_running(conn: redis.Redis, job_id: str) -> Job:
+    """Mark the job started, as if a worker took it, with no worker to act on a stop."""
+    job = TrackedJob.fetch(job_id, connection=conn)
+    job.set_status(JobStatus.STARTED)
+    return job
+
+
+def subscribers(conn: redis.Redis, job_id: str) -> int:
+    """Return how many connections listen on `job_id`'s end channel."""
+    ((_, count),) = conn.pubsub_numsub(keys.job_ended_channel(job_id))
+    return int(count)
+
+
+class InThread:
+    """One POST sent from a thread on a test client of its own."""
+
+    def __init__(self, app: Flask, path: str, body: dict[str, Any]) -> None:
+        self.resp: TestResponse | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(app, path, body), daemon=True, name=path
+        )
+        self.thread.start()
+
+    def _run(self, app: Flask, path: str, body: dict[str, Any]) -> None:
+        self.resp = post(app.test_client(), path, body)
+
+    def answer(self) -> TestResponse:
+        """Return the response, once it came."""
+        self.thread.join(timeout=LONG_WAIT + 30)
+        assert not self.thread.is_alive(), "the request never answered"
+        assert self.resp is not None
+        return self.resp
+
+
+def ended_job(client: FlaskClient, run_worker: Callable[..., TrackingMixin], end: str) -> str:
+    """Return the id of a job that ended as `end` (done, failed or canceled)."""
+    if end == "canceled":
+        job_id = submit(client)
+        act(client, JOB_CANCEL, job_id, 200)
+        return job_id
+    job_id = submit(client, "fail" if end == "failed" else "echo", {"message": "boom"})
+    run_worker()
+    assert describe_job(client, job_id)["job_status"] == end
+    return job_id
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_waiting_job_cancels_it_for_good(
+    client: FlaskClient,
+    conn: redis.Redis,
+    run_worker: Callable[..., TrackingMixin],
+    tally: Tally,
+) -> None:
+    """A waiting job canceled leaves the queue, is canceled in RQ, its registry and the index,
+    and no worker ever runs it."""
+    job_id = submit(client, "echo", {"n": 1})
+    other = submit(client, "echo", {"n": 2})
+    body = act(client, JOB_CANCEL, job_id, 200)
+    assert body["message"] == "canceled"
+    assert body["response"]["job_status"] == "canceled"
+    assert rq_job(conn, job_id).get_status() == JobStatus.CANCELED
+    assert job_id in CanceledJobRegistry("default", connection=conn).get_job_ids()
+    assert index_status(conn, job_id) is Status.CANCELED
+    assert waiting_ids(conn) == [other.encode()]
+    assert tally.moved() == {("cancel", "canceled"): 1}
+    run_worker()
+    assert describe_job(client, other)["job_status"] == "done"
+    job = describe_job(client, job_id)
+    assert job["job_status"] == "canceled"
+    assert job["started_at"] is None
+    assert rq_job(conn, job_id).latest_result() is None
+
+
+def test_cancel_wakes_a_request_waiting_on_the_job(app: Flask, conn: redis.Redis) -> None:
+    """A status request waiting on a job answers "canceled" as soon as the job is canceled."""
+    client = app.test_client()
+    job_id = submit(client)
+    waiter = InThread(app, JOB_STATUS, {"job_id": job_id, "wait": LONG_WAIT})
+    wait_until(lambda: subscribers(conn, job_id) == 1)
+    act(client, JOB_CANCEL, job_id, 200)
+    canceled_at = time.monotonic()
+    body = assert_envelope(waiter.answer(), 200)
+    assert body["response"]["job_status"] == "canceled"
+    assert time.monotonic() - canceled_at < PROMPT
+
+
+@pytest.mark.parametrize("end", ["done", "failed", "canceled"])
+def test_cancel_of_an_ended_job_is_a_conflict(
+    client: FlaskClient,
+    conn: redis.Redis,
+    run_worker: Callable[..., TrackingMixin],
+    tally: Tally,
+    end: str,
+) -> None:
+    """Canceling a job that is done, failed or canceled is a 409 naming its status, and the job
+    keeps its end."""
+    job_id = ended_job(client, run_worker, end)
+    before = describe_job(client, job_id)
+    tally.restart()
+    body = act(client, JOB_CANCEL, job_id, 409)
+    assert body["message"] == f"Job already {end}: nothing to cancel"
+    assert describe_job(client, job_id) == before
+    assert index_status(conn, job_id) is Status(end)
+    assert tally.moved() == {("cancel", "conflict"): 1}
+
+
+def test_cancel_of_a_running_job_its_worker_does_not_stop_is_accepted(
+    client: FlaskClient,
+    conn: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Tally,
+) -> None:
+    """A running job whose worker does not stop it within the stop wait gets 202 "stop
+    requested", and stays running."""
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", 0.5)
+    job_id = submit(client)
+    mark_running(conn, job_id)
+    started = time.monotonic()
+    body = act(client, JOB_CANCEL, job_id, 202)
+    elapsed = time.monotonic() - started
+    assert body["message"].startswith("stop requested"), body["message"]
+    assert body["response"]["job_status"] == "running"
+    assert 0.45 <= elapsed < 0.5 + PROMPT
+    assert index_status(conn, job_id) is Status.RUNNING
+    assert subscribers(conn, job_id) == 0
+    assert tally.moved() == {("cancel", "stopping"): 1}
+
+
+def test_cancel_of_a_running_job_waits_for_its_stop(
+    app: Flask,
+    client: FlaskClient,
+    conn: redis.Redis,
+    tally: Tally,
+) -> None:
+    """A running job stopped during the cancel's wait is answered 200 "canceled" at the stop."""
+    job_id = submit(client)
+    job = mark_running(conn, job_id)
+    cancel = InThread(app, JOB_CANCEL, {"job_id": job_id})
+    wait_until(lambda: subscribers(conn, job_id) == 1)
+    job.set_status(JobStatus.STOPPED)
+    stopped_at = time.monotonic()
+    body = assert_envelope(cancel.answer(), 200)
+    assert time.monotonic() - stopped_at < PROMPT
+    assert body["message"] == "canceled"
+    assert body["response"]["job_status"] == "canceled"
+    assert tally.moved() == {("cancel", "stopped"): 1}
+
+
+def test_cancel_of_a_running_job_that_finishes_meanwhile_is_a_conflict(
+    app: Flask,
+    client: FlaskClient,
+    conn: redis.Redis,
+    tally: Tally,
+) -> None:
+    """A running job that ends done while the cancel waits for its stop is a 409 "already done"."""
+    job_id = submit(client)
+    job = mark_running(conn, job_id)
+    cancel = InThread(app, JOB_CANCEL, {"job_id": job_id})
+    wait_until(lambda: subscribers(conn, job_id) == 1)
+    job.set_status(JobStatus.FINISHED)
+    body = assert_envelope(cancel.answer(), 409)
+    assert body["message"] == "Job already done: nothing to cancel"
+    assert tally.moved() == {("cancel", "conflict"): 1}
+
+
+def test_cancel_of_an_unknown_job_is_not_found(client: FlaskClient, tally: Tally) -> None:
+    """Canceling a job id no job has is a 404, counted as no action."""
+    body = act(client, JOB_CANCEL, "no-such-job", 404)
+    assert body["message"] == "Job not found"
+    assert tally.moved() == {}
+
+
+# --- retry -----------------------------------------------------------------------------------
+
+
+def test_retry_of_a_failed_job_runs_it_again(
+    client: FlaskClient,
+    conn: redis.Redis,
+    run_worker: Callable[..., TrackingMixin],
+    tally: Tally,
+) -> None:
+    """A failed job retried is queued at once under the same id, leaves the failed registry,
+    and runs again (it fails again: a second run, later than the first)."""
+    job_id = submit(client, "fail", {"message": "boom"})
+    run_worker()
+    first = describe_job(client, job_id)
+    assert first["job_status"] == "failed"
+    body = act(client, JOB_RETRY, job_id, 202)
+    assert body["message"] == "processing"
+    assert body["response"]["job_status"] == "queued"
+    assert body["response"]["started_at"] is None and body["response"]["ended_at"] is None
+    assert index_status(conn, job_id) is Status.QUEUED
+    assert waiting_ids(conn) == [job_id.encode()]
+    assert job_id not in FailedJobRegistry("default", connection=conn).get_job_ids()
+    assert tally.moved() == {("retry", "queued"): 1}
+    run_worker()
+    second = describe_job(client, job_id)
+    assert second["job_status"] == "failed"
+    assert second["error"] == first["error"]
+    assert second["started_at"] > first["ended_at"]
+    assert len(list(rq_job(conn, job_id).results())) == 2
+    assert index_status(conn, job_id) is Status.FAILED
+
+
+def test_a_retried_job_waits_as_long_as_a_new_one(
+    client: FlaskClient, conn: redis.Redis, run_worker: Callable[..., TrackingMixin]
+) -> None:
+    """A retried job waiting in the queue has no expiry, like a job just submitted: it must not
+    vanish before a worker takes it."""
+    fresh = submit(client)
+    assert conn.ttl(keys.rq_job_key(fresh)) == -1
+    job_id = submit(client, "fail", {"message": "boom"})
+    run_worker()
+    act(client, JOB_RETRY, job_id, 202)
+    assert index_status(conn, job_id) is Status.QUEUED
+    # RQ's FailedJobRegistry.requeue keeps the failure_ttl expiry that the failure set.
+    assert conn.ttl(keys.rq_job_key(job_id)) == -1
+
+
+def test_retry_of_a_canceled_job_runs_it(
+    client: FlaskClient,
+    conn: redis.Redis,
+    run_worker: Callable[..., TrackingMixin],
+    tally: Tally,
+) -> None:
+    """A canceled job retried leaves the canceled registry, is queued, and runs to its result."""
+    job_id = submit(client, "echo", {"n": 7})
+    act(client, JOB_CANCEL, job_id, 200)
+    body = act(client, JOB_RETRY, job_id, 202)
+    assert body["response"]["job_status"] == "queued"
+    assert index_status(conn, job_id) is Status.QUEUED
+    assert job_id not in CanceledJobRegistry("default", connection=conn).get_job_ids()
+    assert waiting_ids(conn) == [job_id.encode()]
+    assert tally.moved() == {("cancel", "canceled"): 1, ("retry", "queued"): 1}
+    run_worker()
+    job = describe_job(client, job_id)
+    assert job["job_status"] == "done"
+    assert job["result"] == {"n": 7}
+
+
+def test_retry_of_a_stopped_job_runs_it(
+    client: FlaskClient, conn: redis.Redis, run_worker: Callable[..., TrackingMixin]
+) -> None:
+    """A job its worker stopped (RQ: stopped, in the failed registry) can be retried and run."""
+    job_id = submit(client, "echo", {"n": 3})
+    job = mark_running(conn, job_id)
+    conn.lrem(keys.rq_queue_key("default"), 0, job_id)
+    # What RQ's worker writes when it stops a job: stopped, in the failed registry.
+    with conn.pipeline() as pipe:
+        job.set_status(JobStatus.STOPPED, pipeline=pipe)
+        FailedJobRegistry("default", connection=conn).add(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    assert describe_job(client, job_id)["job_status"] == "canceled"
+    act(client, JOB_RETRY, job_id, 202)
+    run_worker()
+    assert describe_job(client, job_id)["result"] == {"n": 3}
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "done"])
+def test_retry_of_a_job_that_did_not_fail_is_a_conflict(
+    client: FlaskClient,
+    conn: redis.Redis,
+    run_worker: Callable[..., TrackingMixin],
+    tally: Tally,
+    state: str,
+) -> None:
+    """Retrying a queued, running or done job is a 409 naming its status; nothing is enqueued."""
+    job_id = submit(client)
+    if state == "running":
+        mark_running(conn, job_id)
+    if state == "done":
+        run_worker()
+    before = describe_job(client, job_id)
+    length = queue_length(conn)
+    body = act(client, JOB_RETRY, job_id, 409)
+    assert body["message"] == f"Job is {state}: only a failed or canceled job can be retried"
+    assert describe_job(client, job_id) == before
+    assert queue_length(conn) == length
+    assert tally.moved() == {("retry", "conflict"): 1}
+
+
+def test_retry_of_a_failed_job_in_no_registry_is_a_conflict(
+    client: FlaskClient,
+    conn: redis.Redis,
+    tally: Tally,
+) -> None:
+    """A job marked failed but in neither RQ registry to requeue it from is a 409, left alone."""
+    job_id = submit(client)
+    conn.lrem(keys.rq_queue_key("default"), 0, job_id)
+    TrackedJob.fetch(job_id, connection=conn).set_status(JobStatus.FAILED)
+    body = act(client, JOB_RETRY, job_id, 409)
+    assert "no registry" in body["message"]
+    assert queue_length(conn) == 0
+    assert index_status(conn, job_id) is Status.FAILED
+    assert tally.moved() == {("retry", "conflict"): 1}
+
+
+def test_retry_of_an_unknown_job_is_not_found(client: FlaskClient, tally: Tally) -> None:
+    """Retrying a job id no job has is a 404, counted as no action."""
+    assert act(client, JOB_RETRY, "no-such-job", 404)["message"] == "Job not found"
+    assert tally.moved() == {}
+
+
+# --- both ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [JOB_CANCEL, JOB_RETRY])
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({}, "job_id is required"),
+        ({"id": "x"}, "job_id is required"),
+        ({"job_id": None}, "job_id must be a string"),
+        ({"job_id": 12}, "job_id must be a string"),
+        ({"job_id": "a.b"}, "job_id must be 1 to 128"),
+        ({"job_id": "x" * 129}, "job_id must be 1 to 128"),
+        ({"job_id": ""}, "job_id must be 1 to 128"),
+        (None, "job_id is required"),
+    ],
+)
+def test_a_bad_body_is_refused(
+    client: FlaskClient,
+    tally: Tally,
+    path: str,
+    body: Any,
+    named: str,
+) -> None:
+    """Cancel or retry without a well-formed job_id is a 400 naming job_id."""
+    answer = assert_envelope(post(client, path, body), 400)
+    assert answer["message"].startswith(named), answer["message"]
+    assert tally.moved() == {}
+
+
+@pytest.mark.parametrize("path", [JOB_CANCEL, JOB_RETRY])
+def test_the_actions_need_the_api_key(client: FlaskClient, conn: redis.Redis, path: str) -> None:
+    """Cancel and retry without the API key are a 401, and the job is left alone."""
+    job_id = submit(client)
+    assert_envelope(post(client, path, {"job_id": job_id}, headers={}), 401)
+    assert_envelope(
+        post(client, path, {"job_id": job_id}, headers={"x-api-key": "not-the-key"}), 401
+    )
+    assert index_status(conn, job_id) is Status.QUEUED
+    assert queue_length(conn) == 1
+
+
+def test_every_outcome_is_counted_once(
+    client: FlaskClient,
+    conn: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    run_worker: Callable[..., TrackingMixin],
+    tally: Tally,
+) -> None:
+    """Each cancel and retry outcome moves exactly its own counter, once per request."""
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", 0.2)
+    waiting = submit(client)
+    act(client, JOB_CANCEL, waiting, 200)
+    act(client, JOB_CANCEL, waiting, 409)
+    act(client, JOB_RETRY, waiting, 202)
+    act(client, JOB_RETRY, waiting, 409)
+    run_worker()
+    running = submit(client)
+    mark_running(conn, running)
+    act(client, JOB_CANCEL, running, 202)
+    act(client, JOB_CANCEL, running, 202)
+    assert tally.moved() == {
+        ("cancel", "canceled"): 1,
+        ("cancel", "conflict"): 1,
+        ("retry", "queued"): 1,
+        ("retry", "conflict"): 1,
+        ("cancel", "stopping"): 2,
+    }
