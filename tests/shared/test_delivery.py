@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import fakeredis
 import pytest
+import redis
 from rq.job import Job, JobStatus
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -22,10 +23,12 @@ from shared.delivery import (
     iso,
     new_delivery,
     parse_state,
+    read_state,
 )
 from shared.exceptions import ConfigError
+from shared.job import TrackedJob
 from shared.settings import Settings
-from tests.helpers import WEBHOOK_SECRET
+from tests.helpers import WEBHOOK_SECRET, index_view
 from worker.webhooks import signed_headers
 
 URL = "https://93.184.216.34/hook"
@@ -368,3 +371,75 @@ def test_bad_webhook_settings(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({name: value})
     assert str(caught.value).startswith(f"{name}=")
+
+
+# --- a try lost with its work-horse ----------------------------------------------------------
+
+
+def lost_try(conn: redis.Redis, state: str) -> TrackedJob:
+    """Save a delivery of job "job-1" whose state hash says `state`; return it as a worker
+    fetches it (the service's job class)."""
+    delivery = Job.create(
+        DELIVER, args=("job-1", "done"), connection=conn, id="webhook-1", origin="default:webhooks"
+    )
+    delivery.save()
+    conn.hset(
+        keys.delivery_state_key("job-1"),
+        mapping={"delivery": "webhook-1", "state": state, "attempts": 1},
+    )
+    return TrackedJob.fetch("webhook-1", connection=conn)
+
+
+@pytest.mark.parametrize(
+    ("rq_status", "settled"),
+    [
+        (JobStatus.SCHEDULED, "retrying"),
+        (JobStatus.QUEUED, "retrying"),
+        (JobStatus.FAILED, "gave_up"),
+    ],
+)
+def test_a_lost_try_is_settled_when_rq_moves_its_delivery(
+    conn: redis.Redis, rq_status: JobStatus, settled: str
+) -> None:
+    """A try that never reported (state "delivering") is counted failed, and the state says
+    retrying or gave_up, once RQ reschedules or fails its delivery (a dead worker, a timeout)."""
+    delivery = lost_try(conn, "delivering")
+    with conn.pipeline() as pipe:
+        delivery.set_status(rq_status, pipeline=pipe)
+        pipe.execute()
+    state = read_state(conn, "job-1")
+    assert state is not None
+    assert state["state"] == settled
+    assert "worker died" in state["last_error"]
+    counted = {k.decode(): int(v) for k, v in conn.hgetall(keys.deliveries_key()).items()}
+    assert counted == ({"failed": 1, "gave_up": 1} if settled == "gave_up" else {"failed": 1})
+    assert conn.hget(delivery.key, "status") == rq_status.value.encode()
+
+
+@pytest.mark.parametrize("reported", ["retrying", "gave_up", "delivered"])
+def test_a_reported_try_is_left_as_it_said(conn: redis.Redis, reported: str) -> None:
+    """A try that reported its outcome keeps it when RQ then moves its delivery: nothing is
+    counted twice."""
+    delivery = lost_try(conn, reported)
+    delivery.set_status(JobStatus.FAILED)
+    state = read_state(conn, "job-1")
+    assert state is not None and state["state"] == reported
+    assert conn.hgetall(keys.deliveries_key()) == {}
+
+
+def test_a_lost_try_of_an_older_end_leaves_the_newer_state(conn: redis.Redis) -> None:
+    """The state of a newer end (another delivery's) is not touched by an older delivery."""
+    delivery = lost_try(conn, "delivering")
+    conn.hset(keys.delivery_state_key("job-1"), "delivery", "webhook-2")
+    delivery.set_status(JobStatus.FAILED)
+    state = read_state(conn, "job-1")
+    assert state is not None and state["state"] == "delivering"
+    assert conn.hgetall(keys.deliveries_key()) == {}
+
+
+def test_a_delivery_never_enters_the_index(conn: redis.Redis) -> None:
+    """A delivery's own status changes leave the status index alone."""
+    delivery = lost_try(conn, "delivering")
+    delivery.set_status(JobStatus.STARTED)
+    delivery.set_status(JobStatus.FINISHED)
+    assert index_view(conn) == {}
