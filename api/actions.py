@@ -6,12 +6,12 @@ the end and RQ's registries move together, and rq-dashboard's buttons do the sam
 
 from __future__ import annotations
 
-import contextlib
+import time
 
 from flask import Blueprint, Response
 from redis.exceptions import WatchError
 from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import CanceledJobRegistry, FailedJobRegistry
 
@@ -24,6 +24,7 @@ from api.jobs import describe, fetch_job, has_ended
 from api.request_metrics import JOB_ACTIONS
 from api.responses import reply
 from api.waiting import wait_for_end
+from shared import keys
 from shared.job import TrackedJob
 from shared.status import Status, from_rq
 
@@ -32,20 +33,26 @@ bp.before_request(require_api_key)
 
 # How long a cancel of a running job waits for its worker to stop it before answering 202.
 STOP_WAIT_SECONDS = 10.0
+# How many times a cancel looks at a job that keeps changing (or whose queue does) before 409.
+CANCEL_TRIES = 20
+# How often a cancel asks again for the stop of a job taken by a worker but not yet started.
+STOP_ASK_INTERVAL = 0.05
 
 
 @bp.post("/v1/toolkit/job/cancel")
 def cancel() -> Response:
     """Cancel a waiting job (it never runs) or stop a running one; 409 for one that ended."""
     job_id = validation.job_id(request_body())
-    for _ in range(3):
+    # Each look is two round trips; a busy queue (every push or pop changes the list) may need
+    # a few.
+    for _ in range(CANCEL_TRIES):
         job = fetch_job(job_id)
         status = _status(job)
         if status is Status.QUEUED:
             if _cancel_waiting(job):
                 JOB_ACTIONS.labels("cancel", "canceled").inc()
                 return reply(200, "canceled", job_id=job_id, response=describe(fetch_job(job_id)))
-            continue  # a worker took it meanwhile: look again
+            continue  # taken by a worker, or the queue moved meanwhile: look again
         if status is Status.RUNNING:
             return _stop_running(job)
         JOB_ACTIONS.labels("cancel", "conflict").inc()
@@ -56,12 +63,17 @@ def cancel() -> Response:
 
 def _cancel_waiting(job: Job) -> bool:
     """Cancel `job` as RQ does if it is still waiting, in one transaction; return whether it was."""
+    queue_key = keys.rq_queue_key(job.origin)
     with job.connection.pipeline() as pipe:
-        # A worker taking the job between the check and the cancel would otherwise see a
-        # canceled job run to its end: WATCH makes the cancel happen only if none did.
-        pipe.watch(job.key)  # type: ignore[no-untyped-call]
+        # A worker takes a job by popping it from the queue list, and marks it started only
+        # later, in its work-horse: a job still "queued" may already be taken. WATCH both, and
+        # cancel only a job that is still in the list (or scheduled or deferred, off the list,
+        # which a worker cannot take before RQ's scheduler moves it, changing its status).
+        pipe.watch(job.key, queue_key)  # type: ignore[no-untyped-call]
         raw: bytes | None = pipe.hget(job.key, "status")  # type: ignore[assignment]
         if raw is None or from_rq(raw.decode()) is not Status.QUEUED:
+            return False
+        if JobStatus(raw.decode()) is JobStatus.QUEUED and pipe.lpos(queue_key, job.id) is None:
             return False
         pipe.multi()
         try:
@@ -74,10 +86,21 @@ def _cancel_waiting(job: Job) -> bool:
 
 def _stop_running(job: Job) -> Response:
     """Ask the job's worker (on any host) to stop it, and wait a little for it to end."""
-    # InvalidJobOperation: it ended, or no worker holds it yet; the state below says which.
-    with contextlib.suppress(InvalidJobOperation):
-        send_stop_job_command(job.connection, job.id)
-    ended = wait_for_end(job.connection, job.id, STOP_WAIT_SECONDS, lambda: has_ended(job))
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while True:
+        try:
+            send_stop_job_command(job.connection, job.id)
+            break
+        except NoSuchJobError:
+            raise ApiError(404, "Job not found", job_id=job.id) from None
+        except InvalidJobOperation:
+            # Taken from the queue, but its work-horse has not yet said which worker runs it:
+            # ask again in a moment (a few milliseconds, as a rule), until it ends or time is up.
+            if has_ended(job) or time.monotonic() > deadline:
+                break
+            time.sleep(STOP_ASK_INTERVAL)
+    left = max(0.0, deadline - time.monotonic())
+    ended = wait_for_end(job.connection, job.id, left, lambda: has_ended(job))
     job = fetch_job(job.id)
     status = _status(job)
     if ended and status is not Status.CANCELED:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, request, stream_with_context, url_for
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from api import idempotency, validation, webhooks
@@ -19,7 +19,7 @@ from api.errors import ApiError
 from api.request_metrics import REFUSED_SUBMISSIONS
 from api.responses import UNKNOWN, reply
 from api.waiting import wait_for_end
-from shared import tasks
+from shared import keys, tasks
 from shared.delivery import WebhookPolicy, read_state
 from shared.index import FINAL_STATUSES
 from shared.job import TrackedJob, error_message, log_transition
@@ -76,16 +76,22 @@ def _one_job(job_id: str, wait: float) -> Response:
 
 
 def fetch_job(job_id: str) -> Job:
-    """Return the job `job_id`, or raise ApiError 404."""
+    """Return the job `job_id`, or raise ApiError 404 (a webhook delivery is no job of the API)."""
     try:
-        return TrackedJob.fetch(job_id, connection=services().redis)
+        job = TrackedJob.fetch(job_id, connection=services().redis)
     except NoSuchJobError:
         raise ApiError(404, "Job not found", job_id=job_id) from None
+    if keys.is_webhook_queue(job.origin):
+        raise ApiError(404, "Job not found", job_id=job_id)
+    return job
 
 
 def has_ended(job: Job) -> bool:
-    """Return whether `job` has ended now (its status read afresh)."""
-    return from_rq(job.get_status(refresh=True) or "queued") in FINAL_STATUSES
+    """Return whether `job` has ended now (its status read afresh); a job gone has ended."""
+    try:
+        return from_rq(job.get_status(refresh=True) or "queued") in FINAL_STATUSES
+    except (InvalidJobOperation, NoSuchJobError):
+        return True
 
 
 @bp.post("/v1/toolkit/jobs")

@@ -190,6 +190,13 @@ def webhook_url(value: Any) -> str:
         raise ApiError(400, "webhook_url must be an http:// or https:// URL with a host")
     if any(ch.isspace() for ch in value):
         raise ApiError(400, "webhook_url must not contain white space")
+    if not all("!" <= ch <= "~" for ch in value):
+        # What HTTP sends as is: a non-ASCII host or path must come encoded (punycode, %XX).
+        raise ApiError(
+            400,
+            "webhook_url must be printable ASCII: encode a non-ASCII host as punycode and a path "
+            "with %XX escapes",
+        )
     return value
 
 

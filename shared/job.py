@@ -6,6 +6,7 @@ import logging
 from typing import Any, TypeVar
 
 from redis.client import Pipeline
+from rq.defaults import DEFAULT_FAILURE_TTL
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.utils import import_attribute
@@ -67,6 +68,10 @@ class TrackedJob(Job):
         elif policy is not None:
             # Running again (retried): the last end's delivery state is no longer this job's.
             pipeline.delete(keys.delivery_state_key(self.id))
+        if self._status is JobStatus.CANCELED:
+            # RQ gives a canceled job's hash no expiry: it would stay for good (and its job_id or
+            # Idempotency-Key with it). It lives as long as a failed one.
+            pipeline.expire(self.key, self.failure_ttl or DEFAULT_FAILURE_TTL)
         if from_rq(self._status) is Status.QUEUED:
             # A job requeued from RQ's failed registry (our retry, rq-dashboard's requeue, `rq
             # requeue`) keeps the expiry its failure gave its hash: it would vanish while it

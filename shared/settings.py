@@ -261,6 +261,23 @@ class Settings:
             prometheus_multiproc_dir=read("PROMETHEUS_MULTIPROC_DIR", _directory, None),
         )
 
+    def __post_init__(self) -> None:
+        # With webhooks on (a secret set), a delivery's tries must all come within the
+        # retention: its state lives that long, and its job too. (The longest pauses drawn.)
+        if self.webhook_secret is None:
+            return
+        span = sum(
+            min(self.webhook_backoff_seconds * 2**n, 3600) + 1
+            for n in range(self.webhook_max_attempts - 1)
+        )
+        if span >= self.retention_seconds:
+            raise ConfigError(
+                f"WEBHOOK_MAX_ATTEMPTS={self.webhook_max_attempts} with WEBHOOK_BACKOFF_SECONDS="
+                f"{self.webhook_backoff_seconds} spreads a delivery's tries over up to {span} s, "
+                f"not within JOB_RETENTION_SECONDS={self.retention_seconds}: fewer tries, a "
+                "shorter backoff or a longer retention"
+            )
+
     def require_api_key(self) -> str:
         """Return the API key, or raise ConfigError when none is configured."""
         if not self.api_key:

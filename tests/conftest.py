@@ -21,6 +21,7 @@ from rq import Queue
 from rq.job import Job
 
 from api import create_app
+from shared import keys
 from shared.index import StatusIndex
 from shared.job import TrackedJob
 from shared.redis import connect
@@ -190,7 +191,13 @@ def run_worker(conn: redis.Redis, settings: Settings) -> Callable[..., TrackingM
     """Return a function that runs an in-process worker in burst mode until the queue is empty."""
 
     def run(**changes: Any) -> TrackingMixin:
-        worker = build_worker(replace(settings, **changes), conn)
+        # One in-process worker for both queues (the service runs one per queue: a forking
+        # worker serving two cannot keep a job it took safe from its own death).
+        worker = build_worker(
+            replace(settings, **changes),
+            conn,
+            [keys.webhook_queue_name(settings.queue_name), settings.queue_name],
+        )
         worker.work(burst=True, with_scheduler=False)
         return worker
 

@@ -456,9 +456,10 @@ def kill_outright(proc: Process) -> float:
 
     RQ's work-horse calls setpgrp(), so killing the worker's process group does not reach it:
     a horse left alive would finish the job itself. The worker goes first, so that nothing is
-    left to notice the horse's death and fail the job the ordinary way.
+    left to notice the horse's death and fail the job the ordinary way. The webhook delivery
+    worker's horses (grandchildren) go too.
     """
-    horses = child_pids(proc.popen.pid)
+    horses = descendant_pids(proc.popen.pid)
     os.killpg(proc.popen.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     for horse in horses:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -15,12 +16,14 @@ from redis import Redis
 from redis.exceptions import ConnectionError, OutOfMemoryError, TimeoutError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job
+from rq.registry import CanceledJobRegistry
 from rq.utils import now
 from rq.worker import BaseWorker
 
 from shared import keys, tasks
 from shared.index import StatusIndex
 from shared.job import TrackedJob, log_transition, tracked_subclass
+from shared.logs import configure_logging
 from shared.queue import TrackedQueue
 from shared.redis import connect
 from shared.settings import Settings
@@ -58,8 +61,12 @@ class TrackingMixin(BaseWorker):
     """
 
     clock: RedisClock | None = None
-    # The drift repair child `run()` starts; maintenance starts it again should it die.
+    # The drift repair child and the webhook delivery worker `run()` starts; maintenance starts
+    # them again should they die.
     repairer: multiprocessing.process.BaseProcess | None = None
+    deliverer: multiprocessing.process.BaseProcess | None = None
+    # The pid of the worker that started this one (the delivery worker's): it stops if it dies.
+    parent: int | None = None
 
     def __init__(
         self,
@@ -149,11 +156,36 @@ class TrackingMixin(BaseWorker):
         removed = self.index.trim_expired()
         if removed:
             logger.info("trimmed %d expired index entries", removed)
+        self.trim_canceled()
         if self.repairer is not None and not self.repairer.is_alive():
             logger.error(
                 "the repair child ended (exit code %s); starting it again", self.repairer.exitcode
             )
             self.repairer = start_repairer(self.settings)
+        if self.deliverer is not None and not self.deliverer.is_alive():
+            logger.error(
+                "the webhook delivery worker ended (exit code %s); starting it again",
+                self.deliverer.exitcode,
+            )
+            self.deliverer = start_deliverer(self.settings)
+        if self.parent is not None and os.getppid() != self.parent:
+            # The worker that started this one was killed outright: stop as it would have.
+            logger.warning("worker %s: its parent %s is gone; stopping", self.name, self.parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def trim_canceled(self) -> None:
+        """Drop the entries of RQ's canceled registries older than the retention."""
+        # RQ never cleans them (CanceledJobRegistry has no expiry of its own), while a canceled
+        # job's hash expires with the retention (TrackedJob): its entry would outlive it.
+        cutoff = time.time() - self.settings.retention_seconds
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue in self.queues:
+                pipe.zremrangebyscore(
+                    CanceledJobRegistry(queue.name, self.connection).key, "-inf", cutoff
+                )
+            trimmed = sum(int(n) for n in pipe.execute())
+        if trimmed:
+            logger.info("trimmed %d canceled registry entries past the retention", trimmed)
 
 
 @contextmanager
@@ -233,13 +265,17 @@ def wait_for_redis(connection: Redis, give_up_after: float = MAX_STARTUP_WAIT) -
             delay = min(delay * 2, 5.0)
 
 
-def build_worker(settings: Settings, connection: Redis, **kwargs: Any) -> TrackingMixin:
-    """Return a worker of the configured class on the configured queue, recording into the index."""
+def build_worker(
+    settings: Settings,
+    connection: Redis,
+    queue_names: list[str] | None = None,
+    **kwargs: Any,
+) -> TrackingMixin:
+    """Return a worker of the configured class on `queue_names` (default: the configured queue),
+    recording into the index."""
     worker_class = TrackedWorker if settings.worker_class == "fork" else TrackedSimpleWorker
-    # Deliveries first: each try is short and bounded, and a busy queue must not hold back
-    # the webhooks of the jobs that already ended.
     return worker_class(
-        [keys.webhook_queue_name(settings.queue_name), settings.queue_name],
+        queue_names or [settings.queue_name],
         connection=connection,
         settings=settings,
         maintenance_interval=settings.maintenance_interval,
@@ -262,23 +298,60 @@ def start_repairer(settings: Settings) -> multiprocessing.process.BaseProcess:
     return process
 
 
+def start_deliverer(settings: Settings) -> multiprocessing.process.BaseProcess:
+    """Start the webhook delivery worker in a child process of its own."""
+    # A worker of its own, not a second queue of this one: RQ takes a job into its intermediate
+    # list (found again should the worker die before the job starts) only when a worker serves
+    # one queue; from two queues it pops it, and a worker killed right then would lose it.
+    process = multiprocessing.get_context("spawn").Process(
+        target=deliver_forever,
+        args=(settings, os.getpid()),
+        name="toolkit-jobs webhooks",
+        daemon=True,
+    )
+    process.start()
+    return process
+
+
+def deliver_forever(settings: Settings, parent: int) -> None:
+    """Deliver webhooks (the queue "<QUEUE_NAME>:webhooks") while the process `parent` lives."""
+    # Ctrl-C reaches the whole process group; the parent stops this worker itself (SIGTERM,
+    # RQ's warm shutdown: the try under way ends first).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(settings.log_level, settings.log_format)
+    connection = connect(settings)
+    wait_for_redis(connection)
+    worker = build_worker(settings, connection, [keys.webhook_queue_name(settings.queue_name)])
+    worker.parent = parent
+    _serve(worker, connection, settings)
+
+
 def run(settings: Settings) -> None:
-    """Run a worker, RQ's scheduler and the repair loop until the worker is told to stop."""
+    """Run a worker, RQ's scheduler, the repair loop and the webhook delivery worker until the
+    worker is told to stop."""
     connection = connect(settings)
     wait_for_redis(connection)
     worker = build_worker(settings, connection)
+    worker.index.mark()
+    worker.repairer = start_repairer(settings)
+    worker.deliverer = start_deliverer(settings)
+    try:
+        _serve(worker, connection, settings)
+    finally:
+        worker.deliverer.terminate()
+        worker.repairer.terminate()
+        worker.repairer.join(timeout=5)
+        # A try under way ends within three timeouts (worker/webhooks.py).
+        worker.deliverer.join(timeout=3 * settings.webhook_timeout_seconds + 5)
+
+
+def _serve(worker: TrackingMixin, connection: Redis, settings: Settings) -> None:
     worker.clock = RedisClock(connection)
     worker.clock.sync()
     use_redis_time(worker.clock)
-    worker.index.mark()
-    worker.repairer = start_repairer(settings)
     logger.info(
-        "worker %s (%s) on queue %r", worker.name, settings.worker_class, settings.queue_name
+        "worker %s (%s) on %s", worker.name, settings.worker_class, ", ".join(worker.queue_names())
     )
-    try:
-        # RQ's scheduler moves scheduled jobs and retries with an interval to their queue when
-        # due; one worker per queue holds its lock, the others stand by.
-        worker.work(logging_level=settings.log_level, with_scheduler=True)
-    finally:
-        worker.repairer.terminate()
-        worker.repairer.join(timeout=5)
+    # RQ's scheduler moves scheduled jobs and retries with an interval to their queue when
+    # due; one worker per queue holds its lock, the others stand by.
+    worker.work(logging_level=settings.log_level, with_scheduler=True)

@@ -58,10 +58,17 @@ RESPONSE_CAP = 1024
 END_CODES = {Status.DONE: 200, Status.FAILED: 500, Status.CANCELED: 499}
 
 # Update the delivery state hash KEYS[1] only while it belongs to this delivery (ARGV[1]): a
-# job that ended again since has a newer delivery, whose state this one must not overwrite.
+# job that ended again since has a newer delivery, whose state this one must not overwrite
+# (returns 0; the try still happened, and is counted). Returns 1 when applied.
 # ARGV[2]: "1" to count one more attempt; the rest, field/value pairs ("" deletes the field).
+# A try's report never overwrites an outcome that ended the delivery (a work-horse left running
+# by a worker killed outright reports after the retry that delivered): only a new try's start
+# (ARGV[2] "1": RQ retried or requeued the delivery) moves on from one. Returns -1 then: the
+# late report is neither applied nor counted.
 STATE_LUA = """
 if redis.call('HGET', KEYS[1], 'delivery') ~= ARGV[1] then return 0 end
+local ended = {delivered = true, gone = true, refused = true, gave_up = true}
+if ARGV[2] ~= '1' and ended[redis.call('HGET', KEYS[1], 'state')] then return -1 end
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 for i = 3, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
@@ -75,6 +82,10 @@ _settings: Settings | None = None
 
 class DeliveryError(Exception):
     """A try did not deliver; RQ retries the delivery job while it has tries left."""
+
+
+class UnsendableError(Exception):
+    """The URL cannot go out over HTTP (no try ever could): the delivery is refused."""
 
 
 def configure(settings: Settings) -> None:
@@ -122,7 +133,7 @@ def deliver(job_id: str, ended: str) -> str:
             allow_private=settings.webhook_allow_private,
             timeout=policy.timeout_seconds,
         )
-    except PrivateTargetError as exc:
+    except (PrivateTargetError, UnsendableError) as exc:
         return state.finish("refused", error=str(exc))
     except (DeliveryError, UnresolvableTargetError) as exc:
         state.fail(str(exc), current, last_try)
@@ -186,40 +197,47 @@ def signed_headers(secret: str, message_id: str, timestamp: int, body: bytes) ->
 def post(
     url: str, body: bytes, headers: dict[str, str], *, allow_private: bool, timeout: float
 ) -> Answer:
-    """POST `body` to `url` at an address checked just now, within twice `timeout` in all; raise
-    DeliveryError on a network failure, PrivateTargetError or UnresolvableTargetError on a
-    refused host."""
+    """POST `body` to `url` at an address checked just now, within three times `timeout` in all;
+    raise DeliveryError on a network failure, PrivateTargetError or UnresolvableTargetError on a
+    refused host, UnsendableError on a URL HTTP cannot carry."""
     parts = urlsplit(url)
     host, port = url_host_port(url)
-    address = checked_addresses(url, allow_private=allow_private, timeout=timeout)[0]
-    cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    conn = cls(host, port, address=address, timeout=timeout)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    # Each socket operation has `timeout`; a receiver trickling its answer a byte at a time
-    # would renew it forever, so the whole try is also cut at a deadline.
-    cut = _Deadline(conn, 2 * timeout)
+    # Each step (the lookup, the connect, each read) has `timeout`; a receiver trickling its
+    # answer a byte at a time would renew it forever, so the whole try also has a deadline.
+    cut = _Deadline(3 * timeout)
     try:
-        conn.request(
-            "POST",
-            target,
-            body=body,
-            headers={"Content-Type": "application/json", "User-Agent": "toolkit-jobs", **headers},
-        )
-        with conn.getresponse() as response:
-            # A 2xx is a delivery whatever its body says; any other answer's body explains it.
-            excerpt = "" if 200 <= response.status < 300 else _excerpt(response)
-            return Answer(response.status, excerpt, response.getheader("Location"))
+        address = checked_addresses(url, allow_private=allow_private, timeout=timeout)[0]
+        cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+        conn = cls(host, port, address=address, timeout=timeout)
+        cut.watch(conn)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request(
+                "POST",
+                target,
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "toolkit-jobs",
+                    **headers,
+                },
+            )
+            with conn.getresponse() as response:
+                # A 2xx is a delivery whatever its body says; any other answer's body explains it.
+                excerpt = "" if 200 <= response.status < 300 else _excerpt(response)
+                return Answer(response.status, excerpt, response.getheader("Location"))
+        finally:
+            conn.close()
+    except (http.client.InvalidURL, UnicodeError) as exc:
+        raise UnsendableError(f"webhook_url cannot be sent: {exc}") from None
     except TimeoutError:
-        raise DeliveryError(f"no answer from {host} ({address}) within {timeout} s") from None
+        raise DeliveryError(f"no answer from {host} within {timeout} s") from None
     except (OSError, http.client.HTTPException) as exc:
         if cut.fired:
-            raise DeliveryError(
-                f"{host} ({address}) did not answer in full within {2 * timeout} s"
-            ) from None
-        raise DeliveryError(f"{host} ({address}): {type(exc).__name__}: {exc}") from None
+            raise DeliveryError(f"{host} did not answer in full within {3 * timeout} s") from None
+        raise DeliveryError(f"{host}: {type(exc).__name__}: {exc}") from None
     finally:
         cut.cancel()
-        conn.close()
 
 
 def _excerpt(response: http.client.HTTPResponse) -> str:
@@ -230,18 +248,22 @@ def _excerpt(response: http.client.HTTPResponse) -> str:
 
 
 class _Deadline:
-    """Shut `conn`'s socket down after `seconds`, unless cancelled first."""
+    """Shut the watched connection's socket down after `seconds`, unless cancelled first."""
 
-    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
-        self.conn = conn
+    def __init__(self, seconds: float) -> None:
+        self.conn: http.client.HTTPConnection | None = None
         self.fired = False
         self.timer = threading.Timer(seconds, self._fire)
         self.timer.daemon = True
         self.timer.start()
 
+    def watch(self, conn: http.client.HTTPConnection) -> None:
+        """Cut `conn` at the deadline (its socket, once it has one)."""
+        self.conn = conn
+
     def _fire(self) -> None:
         self.fired = True
-        sock = self.conn.sock
+        sock = self.conn.sock if self.conn is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -273,6 +295,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         """Connect to the checked address and verify the certificate names the URL's host."""
         raw = socket.create_connection((str(self.address), self.port), self.timeout)
+        # Held before the handshake, so that the try's deadline can cut a slow one too.
+        self.sock = raw
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
@@ -285,10 +309,12 @@ class _State:
         self.delivery_id = delivery_id
         self.job_id = job_id
 
-    def update(self, *, count: bool = False, **fields: Any) -> None:
-        """Set `fields` ("" deletes one) while the state is this delivery's."""
+    def update(self, *, count: bool = False, **fields: Any) -> bool:
+        """Set `fields` ("" deletes one) while the state is this delivery's; return whether the
+        try's outcome counts (False: a late report of a delivery that had already ended)."""
         pairs = [str(x) for item in fields.items() for x in item]
-        self.connection.eval(STATE_LUA, 1, self.key, self.delivery_id, int(count), *pairs)
+        applied = self.connection.eval(STATE_LUA, 1, self.key, self.delivery_id, int(count), *pairs)
+        return int(applied) != -1
 
     def finish(
         self,
@@ -299,13 +325,13 @@ class _State:
         delivered_at: float | None = None,
     ) -> str:
         """Record an outcome that ends the delivery; return it."""
-        self.update(
+        if self.update(
             state=outcome,
             last_status=status if status is not None else "",
             last_error=error or "",
             delivered_at=delivered_at if delivered_at is not None else "",
-        )
-        self._count(outcome)
+        ):
+            self._count(outcome)
         log = logger.info if outcome == "delivered" else logger.warning
         log("webhook of job %s: %s%s", self.job_id, outcome, f" ({error})" if error else "")
         return outcome
@@ -313,17 +339,17 @@ class _State:
     def fail(self, error: str, current: Job, last_try: bool, status: int | None = None) -> None:
         """Record a failed try: retrying at the next attempt's time, or given up."""
         if last_try:
-            self.update(state="gave_up", last_status=status or "", last_error=error)
-            self._count("failed")
-            self._count("gave_up")
+            if self.update(state="gave_up", last_status=status or "", last_error=error):
+                self._count("failed")
+                self._count("gave_up")
             logger.warning("webhook of job %s: gave up (%s)", self.job_id, error)
             return
         # When RQ's scheduler will find the retry due: it rounds the due time down to a second.
         next_at = math.floor(now().timestamp() + current.get_retry_interval())
-        self.update(
+        if self.update(
             state="retrying", last_status=status or "", last_error=error, next_attempt_at=next_at
-        )
-        self._count("failed")
+        ):
+            self._count("failed")
         logger.warning(
             "webhook of job %s: try failed (%s); next at %.0f", self.job_id, error, next_at
         )

@@ -103,8 +103,11 @@ def waiting_ids(conn: redis.Redis) -> list[bytes | str]:
 
 
 def mark_running(conn: redis.Redis, job_id: str) -> Job:
-    """Mark the job started, as if a worker took it, with no worker to act on a stop."""
+    """Mark the job started by a worker (its name set, as a work-horse sets it) that never acts
+    on a stop."""
     job = TrackedJob.fetch(job_id, connection=conn)
+    job.worker_name = "absent-worker"
+    job.save()
     job.set_status(JobStatus.STARTED)
     return job
 

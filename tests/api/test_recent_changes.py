@@ -135,7 +135,7 @@ def test_since_seconds_equal_to_retention_is_allowed(
     make_app: Callable[..., Flask], conn: redis.Redis
 ) -> None:
     """since_seconds may reach the retention itself."""
-    client = make_app(retention_seconds=120).test_client()
+    client = make_app(retention_seconds=120, webhook_secret=None).test_client()
     plant(conn, "old", Status.FAILED, 100)
     body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": 120}), 200)
     assert body["response"] == {"old": "failed"}
@@ -176,7 +176,7 @@ def test_since_seconds_must_be_a_non_negative_number(client: FlaskClient, value:
 
 def test_since_seconds_beyond_retention_is_refused(make_app: Callable[..., Flask]) -> None:
     """A window longer than the index keeps states for is refused with 400."""
-    client = make_app(retention_seconds=120).test_client()
+    client = make_app(retention_seconds=120, webhook_secret=None).test_client()
     for value in (121, 120.5, 10**30):
         body = assert_envelope(post(client, JOBS_STATUS, {"since_seconds": value}), 400)
         assert "at most 120" in body["message"], value

@@ -28,7 +28,7 @@ def test_worker_maintenance_trims_expired_index_entries(
     old = now - 2 * 60 * MICROS
     for status in Status:
         conn.zadd(keys.status_index_key(status), {f"old-{status}": old, f"new-{status}": now})
-    run_worker(retention_seconds=60)
+    run_worker(retention_seconds=60, webhook_secret=None)
     for status in Status:
         key = keys.status_index_key(status)
         if status in FINAL_STATUSES:
