@@ -307,7 +307,9 @@ def start_deliverer(settings: Settings) -> multiprocessing.process.BaseProcess:
         target=deliver_forever,
         args=(settings, os.getpid()),
         name="toolkit-jobs webhooks",
-        daemon=True,
+        # Not a daemon: RQ starts its scheduler as a child process, which a daemon may not have.
+        # `run()` stops it; should this process die outright, it stops itself (its maintenance).
+        daemon=False,
     )
     process.start()
     return process

@@ -6,24 +6,32 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
-from rq.registry import CanceledJobRegistry, FailedJobRegistry
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
 from werkzeug.test import TestResponse
 
 from api import actions
 from shared import keys
 from shared.job import TrackedJob
+from shared.settings import Settings
 from shared.status import Status
+from shared.tasks import RUNNER
 from tests.helpers import (
+    AUTH,
     JOB_CANCEL,
     JOB_RETRY,
     JOB_STATUS,
+    JOBS,
     assert_envelope,
     describe_job,
     index_status,
@@ -33,7 +41,7 @@ from tests.helpers import (
     submit,
     wait_until,
 )
-from worker.main import TrackingMixin
+from worker.main import TrackingMixin, build_worker
 
 ACTIONS = "toolkit_jobs_job_actions_total"
 OUTCOMES = (
@@ -478,3 +486,298 @@ def test_every_outcome_is_counted_once(
         ("retry", "conflict"): 1,
         ("cancel", "stopping"): 2,
     }
+
+
+# --- a job a worker has taken but not yet started ------------------------------------------------
+
+
+def take(conn: redis.Redis, settings: Settings) -> tuple[TrackingMixin, Job, Queue]:
+    """Pop the next job of the default queue as the service's worker does (RQ's own dequeue,
+    into its intermediate list), without starting it; return the worker, the job and its queue."""
+    worker = build_worker(settings, conn)
+    taken = worker.dequeue_job_and_maintain_ttl(None)
+    assert taken is not None, "nothing to take from the queue"
+    job, queue = taken
+    assert waiting_ids(conn) == []
+    assert conn.lrange(queue.intermediate_queue_key, 0, -1) == [job.id.encode()]
+    return worker, job, queue
+
+
+def test_cancel_of_a_taken_job_never_cancels_it(
+    client: FlaskClient,
+    conn: redis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job a worker popped from its queue but has not started is not canceled (no 200, not in
+    RQ's canceled registry); the worker then runs it to done, the index, RQ's status and RQ's
+    registries agreeing."""
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", 0.3)
+    job_id = submit(client, "echo", {"n": 5})
+    worker, job, queue = take(conn, settings)
+    resp = post(client, JOB_CANCEL, {"job_id": job_id})
+    assert resp.status_code != 200, resp.get_data(as_text=True)
+    assert resp.get_json()["message"] != "canceled"
+    canceled = CanceledJobRegistry("default", connection=conn)
+    assert job_id not in canceled.get_job_ids()
+    assert rq_job(conn, job_id).get_status() == JobStatus.QUEUED
+    assert index_status(conn, job_id) is Status.QUEUED
+
+    worker.execute_job(job, queue)
+    described = describe_job(client, job_id)
+    assert described["job_status"] == "done"
+    assert described["result"] == {"n": 5}
+    assert rq_job(conn, job_id).get_status() == JobStatus.FINISHED
+    assert index_status(conn, job_id) is Status.DONE
+    assert job_id in FinishedJobRegistry("default", connection=conn).get_job_ids()
+    assert job_id not in canceled.get_job_ids()
+    assert conn.llen(queue.intermediate_queue_key) == 0
+
+
+def test_cancel_of_a_taken_job_is_a_stop_request(
+    client: FlaskClient,
+    conn: redis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Tally,
+) -> None:
+    """A cancel of a job a worker popped but has not started answers 202 "stop requested" once
+    the stop wait is over (it has not ended: no 409), counted as "stopping"."""
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", 0.3)
+    job_id = submit(client)
+    take(conn, settings)
+    started = time.monotonic()
+    body = act(client, JOB_CANCEL, job_id, 202)
+    elapsed = time.monotonic() - started
+    assert body["message"].startswith("stop requested"), body["message"]
+    assert body["response"]["job_status"] == "queued"
+    assert 0.25 <= elapsed < 0.3 + PROMPT, elapsed
+    assert tally.moved() == {("cancel", "stopping"): 1}
+
+
+def test_a_taken_job_gets_the_stop_once_its_worker_starts_it(
+    app: Flask,
+    client: FlaskClient,
+    conn: redis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Tally,
+) -> None:
+    """A cancel of a job popped but not yet started keeps asking for its stop until the
+    work-horse names its worker, sends RQ's stop command once then, and answers with the job's
+    end (200 "canceled" when it is stopped)."""
+    calls: list[str] = []
+
+    def recording_stop(connection: redis.Redis, job_id: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            send_stop_job_command(connection, job_id, *args, **kwargs)
+        except InvalidJobOperation:
+            calls.append("no worker yet")
+            raise
+        calls.append("sent")
+
+    monkeypatch.setattr(actions, "send_stop_job_command", recording_stop)
+    job_id = submit(client)
+    worker, _, _ = take(conn, settings)
+    cancel = InThread(app, JOB_CANCEL, {"job_id": job_id})
+
+    def asking() -> bool:
+        if not cancel.thread.is_alive():
+            resp = cancel.answer()
+            raise AssertionError(f"the cancel answered at once: {resp.get_data(as_text=True)}")
+        return "no worker yet" in calls
+
+    wait_until(asking, timeout=LONG_WAIT)
+    # What the work-horse writes as it starts the job: its worker's name and `started`, at once.
+    job = TrackedJob.fetch(job_id, connection=conn)
+    with conn.pipeline() as pipe:
+        job.prepare_for_execution(worker.name, pipe)
+        pipe.execute()
+    wait_until(lambda: "sent" in calls, timeout=LONG_WAIT)
+    wait_until(lambda: subscribers(conn, job_id) == 1, timeout=LONG_WAIT)
+    # What the worker writes when it stops the job.
+    with conn.pipeline() as pipe:
+        job.set_status(JobStatus.STOPPED, pipeline=pipe)
+        FailedJobRegistry("default", connection=conn).add(job, ttl=600, pipeline=pipe)
+        pipe.execute()
+    body = assert_envelope(cancel.answer(), 200)
+    assert body["message"] == "canceled"
+    assert body["response"]["job_status"] == "canceled"
+    assert calls.count("sent") == 1
+    assert calls[-1] == "sent"
+    assert tally.moved() == {("cancel", "stopped"): 1}
+
+
+class Colliding:
+    """RQ's cancel, its first `times` calls finding the queue moved under their WATCH: another
+    job is pushed onto the queue between the cancel's look and its transaction."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, queue: Queue, times: int) -> None:
+        self.calls = 0
+        self.pushed: list[str] = []
+        real = TrackedJob.cancel
+
+        def cancel(job: TrackedJob, *args: Any, **kwargs: Any) -> None:
+            self.calls += 1
+            if self.calls <= times:
+                self.pushed.append(queue.enqueue(RUNNER, "echo", {"filler": self.calls}).id)
+            real(job, *args, **kwargs)
+
+        monkeypatch.setattr(TrackedJob, "cancel", cancel)
+
+
+@pytest.mark.parametrize("collisions", [1, actions.CANCEL_TRIES - 1])
+def test_a_cancel_that_collides_with_a_queue_change_looks_again(
+    client: FlaskClient,
+    conn: redis.Redis,
+    queue: Queue,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Tally,
+    collisions: int,
+) -> None:
+    """A cancel whose transaction finds the queue changed (another job pushed meanwhile) looks
+    again, and cancels the job within its CANCEL_TRIES looks."""
+    colliding = Colliding(monkeypatch, queue, collisions)
+    job_id = submit(client)
+    body = act(client, JOB_CANCEL, job_id, 200)
+    assert body["message"] == "canceled"
+    assert colliding.calls == collisions + 1
+    assert rq_job(conn, job_id).get_status() == JobStatus.CANCELED
+    assert job_id in CanceledJobRegistry("default", connection=conn).get_job_ids()
+    assert index_status(conn, job_id) is Status.CANCELED
+    assert waiting_ids(conn) == [pushed.encode() for pushed in colliding.pushed]
+    assert tally.moved() == {("cancel", "canceled"): 1}
+
+
+def test_a_cancel_that_always_collides_gives_up_with_a_conflict(
+    client: FlaskClient,
+    conn: redis.Redis,
+    queue: Queue,
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Tally,
+) -> None:
+    """A cancel whose every look finds the queue changed answers 409 after CANCEL_TRIES looks,
+    and leaves the job waiting."""
+    colliding = Colliding(monkeypatch, queue, 10**6)
+    job_id = submit(client)
+    body = act(client, JOB_CANCEL, job_id, 409)
+    assert body["message"] == "The job changed state while being canceled: try again"
+    assert colliding.calls == actions.CANCEL_TRIES
+    assert rq_job(conn, job_id).get_status() == JobStatus.QUEUED
+    assert waiting_ids(conn)[0] == job_id.encode()
+    assert job_id not in CanceledJobRegistry("default", connection=conn).get_job_ids()
+    assert tally.moved() == {("cancel", "conflict"): 1}
+
+
+# --- what a cancel leaves ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("naming", ["idempotency-key", "job_id"])
+def test_a_canceled_job_expires_with_the_retention(
+    make_app: Callable[..., Flask], conn: redis.Redis, naming: str
+) -> None:
+    """A canceled job's hash expires after the retention (its failure_ttl), not never: its
+    Idempotency-Key or job_id answers with it until then, and is free once it is gone."""
+    retention = 4000
+    client = make_app(retention_seconds=retention).test_client()
+    request: dict[str, Any] = {"task": "echo", "payload": {"n": 1}}
+    headers = dict(AUTH)
+    if naming == "job_id":
+        request["job_id"] = "named-job"
+    else:
+        headers["Idempotency-Key"] = "order-77"
+    job_id = assert_envelope(post(client, JOBS, request, headers=headers), 202)["job_id"]
+    key = keys.rq_job_key(job_id)
+    assert conn.ttl(key) == -1
+    act(client, JOB_CANCEL, job_id, 200)
+    assert retention - 5 <= conn.ttl(key) <= retention, conn.ttl(key)
+
+    replay = post(client, JOBS, request, headers=headers)
+    body = assert_envelope(replay, 202)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert body["job_id"] == job_id
+    assert body["response"]["job_status"] == "canceled"
+
+    # The retention over (the hash expired), the name makes a new job.
+    conn.pexpire(key, 1)
+    wait_until(lambda: not conn.exists(key))
+    fresh = post(client, JOBS, request, headers=headers)
+    body = assert_envelope(fresh, 202)
+    assert "Idempotent-Replayed" not in fresh.headers
+    assert body["job_id"] == job_id
+    assert body["response"]["job_status"] == "queued"
+    assert conn.ttl(key) == -1
+
+
+def test_a_canceled_job_retried_no_longer_expires(
+    make_app: Callable[..., Flask], conn: redis.Redis
+) -> None:
+    """A canceled job retried waits without an expiry again, as a new job does."""
+    client = make_app(retention_seconds=4000).test_client()
+    job_id = submit(client)
+    act(client, JOB_CANCEL, job_id, 200)
+    assert conn.ttl(keys.rq_job_key(job_id)) > 0
+    act(client, JOB_RETRY, job_id, 202)
+    assert conn.ttl(keys.rq_job_key(job_id)) == -1
+
+
+def snapshot(conn: redis.Redis) -> dict[bytes, bytes | None]:
+    """Return every key in Redis with its serialized value."""
+    return {key: conn.dump(key) for key in sorted(conn.scan_iter(count=1000))}
+
+
+def test_webhook_deliveries_are_not_jobs_of_the_api(
+    make_app: Callable[..., Flask], conn: redis.Redis, settings: Settings
+) -> None:
+    """A webhook delivery job's id is no job of the API: its status (POST and GET), cancel and
+    retry answer 404 "Job not found", and change nothing."""
+    client = make_app(webhook_allow_private=True).test_client()
+    job_id = submit(client, "echo", {}, webhook_url="http://127.0.0.1:9/hook")
+    # A worker on the default queue only: the delivery stays in its own queue.
+    build_worker(replace(settings, webhook_allow_private=True), conn).work(
+        burst=True, with_scheduler=False
+    )
+    assert describe_job(client, job_id)["job_status"] == "done"
+    hooks = keys.rq_queue_key(keys.webhook_queue_name("default"))
+    [raw] = conn.lrange(hooks, 0, -1)
+    delivery = raw.decode()
+    assert delivery.startswith("webhook-")
+    assert Job.fetch(delivery, connection=conn).origin == "default:webhooks"
+    tally = Tally(client)
+    before = snapshot(conn)
+    answers = [
+        post(client, JOB_STATUS, {"job_id": delivery}),
+        post(client, JOB_STATUS, {"job_id": delivery, "wait": 1}),
+        client.get(JOB_STATUS, query_string={"job_id": delivery}, headers=AUTH),
+        post(client, JOB_CANCEL, {"job_id": delivery}),
+        post(client, JOB_RETRY, {"job_id": delivery}),
+    ]
+    for resp in answers:
+        body = assert_envelope(resp, 404)
+        assert body["message"] == "Job not found"
+        assert body["job_id"] == delivery
+        assert body["response"] is None
+    assert snapshot(conn) == before
+    assert tally.moved() == {}
+
+
+@pytest.mark.parametrize("path", [JOB_STATUS, JOB_CANCEL])
+def test_a_job_deleted_while_a_request_waits_on_it_is_not_found(
+    app: Flask, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A job deleted while a status request (wait=5) or a cancel waits on it is answered with a
+    404 envelope, never a 500."""
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", 5.0)
+    client = app.test_client()
+    job_id = submit(client)
+    body: dict[str, Any] = {"job_id": job_id}
+    if path == JOB_STATUS:
+        body["wait"] = 5
+    else:
+        mark_running(conn, job_id)
+    waiter = InThread(app, path, body)
+    wait_until(lambda: subscribers(conn, job_id) == 1)
+    TrackedJob.fetch(job_id, connection=conn).delete()
+    answer = assert_envelope(waiter.answer(), 404)
+    assert answer["message"] == "Job not found"
+    assert answer["job_id"] == job_id
