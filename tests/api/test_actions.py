@@ -781,3 +781,4 @@ def test_a_job_deleted_while_a_request_waits_on_it_is_not_found(
     answer = assert_envelope(waiter.answer(), 404)
     assert answer["message"] == "Job not found"
     assert answer["job_id"] == job_id
+    app.extensions["toolkit_jobs"].redis.connection_pool.disconnect()

@@ -12,7 +12,7 @@ from flask import Flask
 from shared import keys
 from shared.index import parse_transitions
 from shared.status import Status
-from tests.helpers import ROOT, RedisServer, index_view, rq_view, run_rq, submit
+from tests.helpers import ROOT, Receiver, RedisServer, index_view, rq_view, run_rq, submit
 
 README = ROOT / "README.md"
 SECTION = "## RQ's own tools"
@@ -28,21 +28,39 @@ def readme_block(language: str) -> str:
     return match.group(1)
 
 
-def readme_commands() -> dict[str, list[str]]:
+def readme_commands() -> dict[str, list[list[str]]]:
     """Return the README's `rq` command lines by subcommand, continuation lines joined."""
     joined = readme_block("sh").replace("\\\n", " ")
-    commands = {}
+    commands: dict[str, list[list[str]]] = {}
     for line in joined.splitlines():
         if line.strip().startswith("rq "):
             argv = shlex.split(line)
-            commands[argv[1]] = argv
+            commands.setdefault(argv[1], []).append(argv)
     assert set(commands) == {"worker", "requeue", "empty"}, commands
     return commands
 
 
-def run_readme_rq(argv: list[str], server: RedisServer, *extra: str) -> str:
+def run_readme_rq(argv: list[str], server: RedisServer, *extra: str, **env: str) -> str:
     """Run one README `rq` command against the test Redis; return its output."""
-    return run_rq(server, [server.url if a == "$REDIS_URL" else a for a in argv[1:]] + list(extra))
+    args = [server.url if a == "$REDIS_URL" else a for a in argv[1:]] + list(extra)
+    return run_rq(server, args, **env)
+
+
+def test_readme_delivery_worker_delivers_the_webhook(
+    make_app: Callable[..., Flask], conn: redis.Redis, redis_server: RedisServer
+) -> None:
+    """The README's second rq worker line delivers the webhook of a job the first one ran."""
+    jobs_worker, deliveries_worker = readme_commands()["worker"]
+    client = make_app(webhook_allow_private=True).test_client()
+    with Receiver() as receiver:
+        job_id = submit(client, "echo", {"n": 1}, webhook_url=receiver.url)
+        run_readme_rq(jobs_worker, redis_server, "--burst")
+        assert receiver.hits == []
+        run_readme_rq(deliveries_worker, redis_server, "--burst", WEBHOOK_ALLOW_PRIVATE="true")
+        [hit] = receiver.hits
+    assert hit.json()["job_id"] == job_id
+    assert hit.json()["job_status"] == "done"
+    assert index_view(conn) == {job_id: Status.DONE}
 
 
 def test_readme_rq_commands_serve_http_jobs_and_keep_the_index_exact(
@@ -54,7 +72,11 @@ def test_readme_rq_commands_serve_http_jobs_and_keep_the_index_exact(
     done = submit(client, "echo", {"n": 1})
     failed = submit(client, "fail", {"message": "once"})
 
-    run_readme_rq(commands["worker"], redis_server, "--burst")
+    # The job worker, then the delivery worker: one queue each.
+    jobs_worker, deliveries_worker = commands["worker"]
+    assert jobs_worker[-1] == "default"
+    assert deliveries_worker[-1] == keys.webhook_queue_name("default")
+    run_readme_rq(jobs_worker, redis_server, "--burst")
     assert index_view(conn) == rq_view(conn) == {done: Status.DONE, failed: Status.FAILED}
     assert parse_transitions(conn.hgetall(keys.transitions_key())) == {
         ("new", "queued"): 2,
@@ -63,12 +85,14 @@ def test_readme_rq_commands_serve_http_jobs_and_keep_the_index_exact(
         ("running", "failed"): 1,
     }
 
-    run_readme_rq(commands["requeue"], redis_server)
+    [requeue] = commands["requeue"]
+    run_readme_rq(requeue, redis_server)
     assert index_view(conn) == rq_view(conn) == {done: Status.DONE, failed: Status.QUEUED}
 
     waiting = submit(client, "echo", {"n": 2})
     assert index_view(conn)[waiting] is Status.QUEUED
-    run_readme_rq(commands["empty"], redis_server)
+    [empty] = commands["empty"]
+    run_readme_rq(empty, redis_server)
     assert index_view(conn) == rq_view(conn) == {done: Status.DONE}
 
 
