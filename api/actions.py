@@ -7,6 +7,7 @@ the end and RQ's registries move together, and rq-dashboard's buttons do the sam
 from __future__ import annotations
 
 import time
+from enum import Enum
 
 from flask import Blueprint, Response
 from redis.exceptions import WatchError
@@ -49,10 +50,14 @@ def cancel() -> Response:
         job = fetch_job(job_id)
         status = _status(job)
         if status is Status.QUEUED:
-            if _cancel_waiting(job):
+            outcome = _cancel_waiting(job)
+            if outcome is Waiting.CANCELED:
                 JOB_ACTIONS.labels("cancel", "canceled").inc()
                 return reply(200, "canceled", job_id=job_id, response=describe(fetch_job(job_id)))
-            continue  # taken by a worker, or the queue moved meanwhile: look again
+            if outcome is Waiting.TAKEN:
+                # A worker popped it and has not yet marked it started: stop it instead.
+                return _stop_running(job)
+            continue  # the job or its queue changed meanwhile: look again
         if status is Status.RUNNING:
             return _stop_running(job)
         JOB_ACTIONS.labels("cancel", "conflict").inc()
@@ -61,8 +66,16 @@ def cancel() -> Response:
     raise ApiError(409, "The job changed state while being canceled: try again", job_id=job_id)
 
 
-def _cancel_waiting(job: Job) -> bool:
-    """Cancel `job` as RQ does if it is still waiting, in one transaction; return whether it was."""
+class Waiting(Enum):
+    """What a cancel of a waiting job found: canceled; taken by a worker; changed meanwhile."""
+
+    CANCELED = "canceled"
+    TAKEN = "taken"
+    CHANGED = "changed"
+
+
+def _cancel_waiting(job: Job) -> Waiting:
+    """Cancel `job` as RQ does if it is still waiting, in one transaction."""
     queue_key = keys.rq_queue_key(job.origin)
     with job.connection.pipeline() as pipe:
         # A worker takes a job by popping it from the queue list, and marks it started only
@@ -72,16 +85,16 @@ def _cancel_waiting(job: Job) -> bool:
         pipe.watch(job.key, queue_key)  # type: ignore[no-untyped-call]
         raw: bytes | None = pipe.hget(job.key, "status")  # type: ignore[assignment]
         if raw is None or from_rq(raw.decode()) is not Status.QUEUED:
-            return False
+            return Waiting.CHANGED
         if JobStatus(raw.decode()) is JobStatus.QUEUED and pipe.lpos(queue_key, job.id) is None:
-            return False
+            return Waiting.TAKEN
         pipe.multi()
         try:
             job.cancel(pipeline=pipe)
             pipe.execute()
         except WatchError:
-            return False
-    return True
+            return Waiting.CHANGED
+    return Waiting.CANCELED
 
 
 def _stop_running(job: Job) -> Response:

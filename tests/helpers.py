@@ -23,7 +23,7 @@ import redis
 from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
-from rq import Worker
+from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from werkzeug.test import TestResponse
 
@@ -449,6 +449,16 @@ def kill_children(proc: Process) -> None:
     for child in child_pids(proc.popen.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+# The RQ workers each `python -m worker` registers (and blocks in Redis's BLPOP): the job
+# worker and its webhook delivery worker.
+WORKERS_PER_PROCESS = 2
+
+
+def job_workers(conn: redis.Redis, queue: str = "default") -> list[Worker]:
+    """Return the live RQ workers of `queue` (not their webhook delivery workers)."""
+    return Worker.all(connection=conn, queue=Queue(queue, connection=conn))
 
 
 def kill_outright(proc: Process) -> float:

@@ -208,8 +208,7 @@ def post(
     try:
         address = checked_addresses(url, allow_private=allow_private, timeout=timeout)[0]
         cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-        conn = cls(host, port, address=address, timeout=timeout)
-        cut.watch(conn)
+        conn = cls(host, port, address=address, timeout=timeout, deadline=cut)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             conn.request(
@@ -225,7 +224,11 @@ def post(
             with conn.getresponse() as response:
                 # A 2xx is a delivery whatever its body says; any other answer's body explains it.
                 excerpt = "" if 200 <= response.status < 300 else _excerpt(response)
-                return Answer(response.status, excerpt, response.getheader("Location"))
+                answer = Answer(response.status, excerpt, response.getheader("Location"))
+            if cut.fired:
+                # Cut mid-answer: what was parsed (a status line in part, say) is no answer.
+                raise OSError("cut at the deadline")
+            return answer
         finally:
             conn.close()
     except (http.client.InvalidURL, UnicodeError) as exc:
@@ -234,7 +237,7 @@ def post(
         raise DeliveryError(f"no answer from {host} within {timeout} s") from None
     except (OSError, http.client.HTTPException) as exc:
         if cut.fired:
-            raise DeliveryError(f"{host} did not answer in full within {3 * timeout} s") from None
+            raise DeliveryError(f"{host} did not answer in full within {3 * timeout:g} s") from None
         raise DeliveryError(f"{host}: {type(exc).__name__}: {exc}") from None
     finally:
         cut.cancel()
@@ -248,25 +251,22 @@ def _excerpt(response: http.client.HTTPResponse) -> str:
 
 
 class _Deadline:
-    """Shut the watched connection's socket down after `seconds`, unless cancelled first."""
+    """Shut the try's socket down after `seconds`, unless cancelled first."""
 
     def __init__(self, seconds: float) -> None:
-        self.conn: http.client.HTTPConnection | None = None
+        # Held here, not read from the connection: http.client lets go of a connection's socket
+        # once an answer says "Connection: close", while the body is still being read from it.
+        self.sock: socket.socket | None = None
         self.fired = False
         self.timer = threading.Timer(seconds, self._fire)
         self.timer.daemon = True
         self.timer.start()
 
-    def watch(self, conn: http.client.HTTPConnection) -> None:
-        """Cut `conn` at the deadline (its socket, once it has one)."""
-        self.conn = conn
-
     def _fire(self) -> None:
         self.fired = True
-        sock = self.conn.sock if self.conn is not None else None
-        if sock is not None:
+        if self.sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                self.sock.shutdown(socket.SHUT_RDWR)
 
     def cancel(self) -> None:
         """Stop the timer (the try is over)."""
@@ -276,28 +276,37 @@ class _Deadline:
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """An HTTP connection to a checked address; Host still names the URL's host."""
 
-    def __init__(self, host: str, port: int, *, address: IPAddress, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, *, address: IPAddress, timeout: float, deadline: _Deadline
+    ) -> None:
         super().__init__(host, port, timeout=timeout)
         self.address = address
+        self.deadline = deadline
 
     def connect(self) -> None:
         """Connect to the checked address, never to a fresh DNS answer."""
-        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.sock = self.deadline.sock = socket.create_connection(
+            (str(self.address), self.port), self.timeout
+        )
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """An HTTPS connection to a checked address, verifying the certificate for the URL's host."""
 
-    def __init__(self, host: str, port: int, *, address: IPAddress, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, *, address: IPAddress, timeout: float, deadline: _Deadline
+    ) -> None:
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
         self.address = address
+        self.deadline = deadline
 
     def connect(self) -> None:
         """Connect to the checked address and verify the certificate names the URL's host."""
         raw = socket.create_connection((str(self.address), self.port), self.timeout)
         # Held before the handshake, so that the try's deadline can cut a slow one too.
-        self.sock = raw
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
+        self.deadline.sock = raw
+        wrapped = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
+        self.sock = self.deadline.sock = wrapped
 
 
 class _State:

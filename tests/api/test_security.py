@@ -9,10 +9,11 @@ import logging
 from collections.abc import Callable
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.helpers import API_KEY, AUTH, JOBS, assert_envelope, post
+from tests.helpers import API_KEY, AUTH, JOBS, assert_envelope, post, queue_length
 
 
 def test_the_key_is_never_logged_nor_echoed(
@@ -141,3 +142,35 @@ def test_webhook_urls_two_parsers_could_read_differently_are_refused(
     """Port 0 and backslashes (read as slashes by WHATWG parsers) are refused with 400."""
     body = assert_envelope(post(client, JOBS, {"task": "echo", "webhook_url": url}), 400)
     assert "webhook_url" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://93.184.216.34/café",
+        "http://bücher.example/",
+        "http://93.184.216.34/hook?name=zoë",
+        "http://93.184.216.34/a\u0001b",
+        "http://93.184.216.34/a\u007fb",
+        "http://93.184.216.34/a\u0000b",
+        "http://93.184.216.34/a\u0080b",
+    ],
+    ids=["non-ascii-path", "idn-host", "non-ascii-query", "soh", "del", "nul", "c1-control"],
+)
+def test_webhook_urls_beyond_printable_ascii_are_refused(
+    client: FlaskClient, conn: redis.Redis, url: str
+) -> None:
+    """A webhook_url with a non-ASCII or control character, which HTTP cannot send as it is, is
+    a 400 that says to send printable ASCII; no job is queued."""
+    body = assert_envelope(post(client, JOBS, {"task": "echo", "webhook_url": url}), 400)
+    assert "webhook_url must be printable ASCII" in body["message"], body["message"]
+    assert "punycode" in body["message"] and "%XX" in body["message"]
+    assert queue_length(conn) == 0
+
+
+@pytest.mark.parametrize(
+    "url", ["http://93.184.216.34/caf%C3%A9", "http://93.184.216.34/hook?name=zo%C3%AB&x=%01"]
+)
+def test_percent_encoded_webhook_urls_are_accepted(client: FlaskClient, url: str) -> None:
+    """A webhook_url with its non-ASCII characters percent-encoded is accepted (202)."""
+    assert_envelope(post(client, JOBS, {"task": "echo", "webhook_url": url}), 202)

@@ -25,6 +25,7 @@ from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from shared.tasks import RUNNER
 from tests.helpers import (
+    WORKERS_PER_PROCESS,
     Process,
     RedisServer,
     Reply,
@@ -34,6 +35,7 @@ from tests.helpers import (
     index_status,
     indexed,
     job_status,
+    job_workers,
     jobs_status,
     kill_outright,
     post_job,
@@ -85,7 +87,8 @@ def test_sigkilled_worker_mid_job_its_job_fails_within_two_minutes_by_default(
     port = free_port()
     workers = [start_worker(env, name="worker-a"), start_worker(env, name="worker-b")]
     with running_tree(*workers), running(start_api(env, port)):
-        wait_until(lambda: conn.info("clients")["blocked_clients"] == 2, timeout=30)
+        blocked = WORKERS_PER_PROCESS * len(workers)
+        wait_until(lambda: conn.info("clients")["blocked_clients"] == blocked, timeout=30)
         long_id = submit_ok(port, "sleep", {"seconds": 300})
         wait_until(lambda: index_status(conn, long_id) is Status.RUNNING, timeout=30)
         victim = worker_running(conn, long_id, workers)
@@ -411,7 +414,7 @@ def test_clock_skew_a_worker_records_changes_at_redis_time(
     port = free_port()
     worker = start_skewed_worker(env, offset, name=f"worker{offset}")
     with running_tree(worker, grace=SKEWED_GRACE), running(start_api(env, port)):
-        [registered] = wait_until(lambda: Worker.all(connection=conn), timeout=30)
+        [registered] = wait_until(lambda: job_workers(conn), timeout=30)
         # The worker wrote its birth date with its own clock: it really is off.
         skew = registered.birth_date.timestamp() - redis_time_micros(conn) / MICROS
         assert abs(skew - SKEW_SECONDS[offset]) < 30, f"the worker's clock is off by {skew:.0f}s"

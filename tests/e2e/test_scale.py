@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from rq import Worker
 from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry
 
@@ -17,6 +16,7 @@ from shared.status import Status, from_rq
 from tests.e2e.counting_tasks import RUNS_KEY
 from tests.helpers import (
     free_port,
+    job_workers,
     jobs_status,
     post_job,
     running,
@@ -48,7 +48,7 @@ def test_four_workers_and_two_apis_run_a_thousand_jobs_exactly_once(
         running(api_a := start_api(env, ports[0], workers=API_WORKERS)),
         running(api_b := start_api(env, ports[1], workers=API_WORKERS)),
     ):
-        wait_until(lambda: len(Worker.all(connection=conn)) == WORKERS, timeout=30)
+        wait_until(lambda: len(job_workers(conn)) == WORKERS, timeout=30)
         with ThreadPoolExecutor(max_workers=SUBMITTERS) as pool:
             replies = list(
                 pool.map(lambda i: post_job(ports[i % 2], "count", {"n": i}), range(JOBS))
@@ -64,7 +64,7 @@ def test_four_workers_and_two_apis_run_a_thousand_jobs_exactly_once(
             listing = jobs_status(port)
             assert listing.status == 200, listing.body
             assert listing.body["response"] == expected
-        registered = Worker.all(connection=conn)
+        registered = job_workers(conn)
         stats = {w.name: (w.successful_job_count, w.failed_job_count) for w in registered}
         # Several gunicorn workers of each API answered submissions (the envelope's pid).
         for i, api in enumerate((api_a, api_b)):

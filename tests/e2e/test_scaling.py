@@ -7,14 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from rq import Worker
 from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry
 
 from shared import keys
 from shared.status import Status
 from tests.helpers import (
+    WORKERS_PER_PROCESS,
     free_port,
+    job_workers,
     jobs_status,
     running,
     start_api,
@@ -43,7 +44,8 @@ def test_two_apis_and_two_workers_run_every_job_exactly_once(
         # Both workers wait in BLPOP before the first submission. Redis hands pushed jobs to
         # blocked clients first come, first served, so while one worker runs the first job the
         # other, still blocked, must receive the second: both take part, whatever the timing.
-        wait_until(lambda: conn.info("clients")["blocked_clients"] == 2, timeout=30)
+        blocked = WORKERS_PER_PROCESS * 2
+        wait_until(lambda: conn.info("clients")["blocked_clients"] == blocked, timeout=30)
         with ThreadPoolExecutor(max_workers=10) as pool:
             ids = list(pool.map(lambda i: submit_ok(ports[i % 2], "echo", {"n": i}), range(JOBS)))
         assert len(set(ids)) == JOBS
@@ -61,7 +63,7 @@ def test_two_apis_and_two_workers_run_every_job_exactly_once(
         assert listings[0].body["response"] == listings[1].body["response"] == expected
 
         # Read the worker stats while both workers are still registered.
-        registered = Worker.all(connection=conn)
+        registered = job_workers(conn)
         assert len(registered) == 2
         assert [w.failed_job_count for w in registered] == [0, 0]
         stats = {w.name: w.successful_job_count for w in registered}

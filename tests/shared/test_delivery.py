@@ -373,6 +373,64 @@ def test_bad_webhook_settings(name: str, value: str) -> None:
     assert str(caught.value).startswith(f"{name}=")
 
 
+# --- the tries within the retention ----------------------------------------------------------
+
+
+def test_webhook_tries_past_the_retention_are_refused() -> None:
+    """WEBHOOK_SECRET set with tries that spread past JOB_RETENTION_SECONDS (the defaults' up to
+    642 s against 60 s) raises ConfigError naming the three variables, never the secret."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"JOB_RETENTION_SECONDS": "60", "WEBHOOK_SECRET": WEBHOOK_SECRET})
+    message = str(caught.value)
+    for name in ("WEBHOOK_MAX_ATTEMPTS=8", "WEBHOOK_BACKOFF_SECONDS=5", "JOB_RETENTION_SECONDS=60"):
+        assert name in message, message
+    assert "642 s" in message
+    assert WEBHOOK_SECRET not in message
+    assert WEBHOOK_SECRET.removeprefix("whsec_")[:8] not in message
+
+
+def test_the_same_retention_without_webhooks_is_accepted() -> None:
+    """Without WEBHOOK_SECRET (no webhooks) the same short retention is accepted."""
+    settings = Settings.from_env({"JOB_RETENTION_SECONDS": "60"})
+    assert settings.retention_seconds == 60
+    assert settings.webhook_secret is None
+    assert settings.webhook_max_attempts == 8
+
+
+@pytest.mark.parametrize("secret", [None, WEBHOOK_SECRET])
+def test_the_defaults_are_accepted(secret: str | None) -> None:
+    """The default tries fit the default retention, with or without a WEBHOOK_SECRET."""
+    env = {"WEBHOOK_SECRET": secret} if secret else {}
+    settings = Settings.from_env(env)
+    assert settings.webhook_secret == secret
+    assert settings.retention_seconds == 7 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    ("attempts", "backoff", "span"),
+    [(8, 5, 642), (2, 60, 61), (3, 3600, 7202), (4, 1000, 1000 + 2000 + 3600 + 3)],
+)
+def test_the_tries_must_end_before_the_retention(attempts: int, backoff: int, span: int) -> None:
+    """With a WEBHOOK_SECRET, the longest spread of the tries (each pause at most backoff x
+    2^(n-1), capped at an hour, plus RQ's second) must be shorter than the retention: equal is
+    refused, a second longer accepted."""
+    env = {
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "WEBHOOK_MAX_ATTEMPTS": str(attempts),
+        "WEBHOOK_BACKOFF_SECONDS": str(backoff),
+    }
+    with pytest.raises(ConfigError, match=f"up to {span} s"):
+        Settings.from_env({**env, "JOB_RETENTION_SECONDS": str(span)})
+    accepted = Settings.from_env({**env, "JOB_RETENTION_SECONDS": str(span + 1)})
+    assert accepted.retention_seconds == span + 1
+
+
+def test_a_single_try_fits_any_retention() -> None:
+    """One try (no retries) spreads over nothing: the shortest retention is accepted."""
+    env = {"WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_MAX_ATTEMPTS": "1"}
+    assert Settings.from_env({**env, "JOB_RETENTION_SECONDS": "60"}).retention_seconds == 60
+
+
 # --- a try lost with its work-horse ----------------------------------------------------------
 
 

@@ -1,13 +1,17 @@
-"""A worker's periodic maintenance trims the status index."""
+"""A worker's periodic maintenance trims the status index and RQ's canceled registries."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import redis
+from flask.testing import FlaskClient
 from rq import Queue
+from rq.registry import CanceledJobRegistry
 
 from shared import keys
 from shared.index import FINAL_STATUSES
@@ -16,6 +20,7 @@ from shared.queue import TrackedQueue
 from shared.redis import MICROS, redis_time_micros
 from shared.settings import Settings
 from shared.status import Status
+from tests.helpers import JOB_CANCEL, assert_envelope, post, submit
 from worker import main
 from worker.main import TrackingMixin
 
@@ -75,3 +80,38 @@ def test_a_worker_given_queue_objects_takes_their_connection(
     assert worker.connection is conn
     assert all(isinstance(queue, TrackedQueue) for queue in worker.queues)
     assert worker.job_class is TrackedJob
+
+
+def test_maintenance_trims_canceled_entries_past_the_retention(
+    conn: redis.Redis, settings: Settings
+) -> None:
+    """A worker's maintenance drops the entries of RQ's canceled registry of its queue scored
+    (canceled) longer ago than the retention, and keeps the newer ones."""
+    worker = main.build_worker(replace(settings, retention_seconds=60, webhook_secret=None), conn)
+    registry = CanceledJobRegistry("default", connection=conn)
+    now = time.time()
+    conn.zadd(
+        registry.key,
+        {"long-ago": now - 3600, "just-past": now - 75, "recent": now - 45, "new": now},
+    )
+    worker.run_maintenance_tasks()
+    assert sorted(registry.get_job_ids()) == ["new", "recent"]
+
+
+def test_maintenance_trims_a_job_canceled_through_the_api(
+    client: FlaskClient, conn: redis.Redis, settings: Settings
+) -> None:
+    """A job canceled through the API leaves RQ's canceled registry at the first maintenance
+    after the retention, not before."""
+    job_id = submit(client)
+    assert_envelope(post(client, JOB_CANCEL, {"job_id": job_id}), 200)
+    registry = CanceledJobRegistry("default", connection=conn)
+    retention = replace(settings, retention_seconds=60, webhook_secret=None)
+    main.build_worker(retention, conn).run_maintenance_tasks()
+    assert registry.get_job_ids() == [job_id]
+    # As if the retention had passed since the cancel.
+    score = conn.zscore(registry.key, job_id)
+    assert score is not None
+    conn.zadd(registry.key, {job_id: score - 61})
+    main.build_worker(retention, conn).run_maintenance_tasks()
+    assert registry.get_job_ids() == []

@@ -1,33 +1,41 @@
-"""Transitions made by real `python -m worker` processes: running, progress, kills, stops."""
+"""Transitions made by real `python -m worker` processes: running, progress, kills, stops; and
+the webhook delivery worker each runs beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue
+from rq import Queue, Worker
 from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
+from shared import keys
 from shared.status import Status
 from shared.tasks import RUNNER
 from tests.helpers import (
     ROOT,
     Observed,
     Process,
+    Receiver,
     RedisServer,
+    alive,
     child_pids,
+    descendant_pids,
     describe_job,
     service_env,
     submit,
     wait_for,
+    wait_until,
     work_horses,
 )
 from worker.main import TrackingMixin
@@ -188,3 +196,89 @@ def test_worker_refuses_bad_configuration(redis_server: RedisServer) -> None:
     )
     assert done.returncode != 0
     assert "MAX_QUEUE_LENGTH" in done.stderr
+
+
+# --- the webhook delivery worker -------------------------------------------------------------
+
+HOOKS = keys.webhook_queue_name("default")
+
+
+def registered_pair(conn: redis.Redis) -> dict[tuple[str, ...], Worker] | None:
+    """Return the registered RQ workers by the queues they serve, once there are two."""
+    workers = Worker.all(connection=conn)
+    if len(workers) != 2:
+        return None
+    return {tuple(worker.queue_names()): worker for worker in workers}
+
+
+def start_pair(
+    conn: redis.Redis, worker_process: Callable[..., Process], **env: str
+) -> tuple[Process, Worker, Worker]:
+    """Start `python -m worker`; return it, its RQ worker and its delivery worker, once both
+    are registered."""
+    proc = worker_process(**env)
+    pair = wait_for(proc, lambda: registered_pair(conn), timeout=60)
+    assert isinstance(pair, dict)
+    assert sorted(pair) == [("default",), (HOOKS,)], sorted(pair)
+    return proc, pair[("default",)], pair[(HOOKS,)]
+
+
+def test_deliveries_run_in_a_worker_of_their_own(
+    make_app: Callable[..., Flask],
+    conn: redis.Redis,
+    worker_process: Callable[..., Process],
+) -> None:
+    """`python -m worker` registers two RQ workers, never one serving both queues: itself on
+    "default" only, and a child of its own on "default:webhooks" only, which runs the
+    deliveries while it runs the jobs."""
+    client = make_app(webhook_allow_private=True).test_client()
+    with Receiver() as receiver:
+        job_id = submit(client, "echo", {"n": 1}, webhook_url=receiver.url)
+        proc, main, deliverer = start_pair(conn, worker_process, WEBHOOK_ALLOW_PRIVATE="true")
+        assert main.pid == proc.popen.pid
+        assert deliverer.pid in child_pids(proc.popen.pid)
+        wait_for(proc, lambda: receiver.hits, timeout=60)
+    assert Job.fetch(job_id, connection=conn).worker_name == main.name
+    delivery = conn.hget(keys.delivery_state_key(job_id), "delivery")
+    assert delivery is not None
+    assert Job.fetch(delivery.decode(), connection=conn).worker_name == deliverer.name
+    pair = registered_pair(conn)
+    assert pair is not None and sorted(pair) == [("default",), (HOOKS,)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopping_the_process_group_ends_both_workers(
+    conn: redis.Redis, worker_process: Callable[..., Process], signum: int
+) -> None:
+    """A signal to the worker's whole process group (SIGTERM: a warm shutdown; SIGKILL) ends
+    the worker, its delivery worker and every child of theirs."""
+    proc, _, deliverer = start_pair(conn, worker_process)
+    tree = descendant_pids(proc.popen.pid)
+    assert deliverer.pid in tree
+    os.killpg(proc.popen.pid, signum)
+    proc.popen.wait(timeout=60)
+    wait_until(lambda: not any(map(alive, tree)), timeout=60)
+    if signum == signal.SIGTERM:
+        # Warm shutdowns: each said it was gone.
+        assert Worker.all(connection=conn) == []
+
+
+def test_the_delivery_worker_stops_when_its_parent_is_killed(
+    conn: redis.Redis, worker_process: Callable[..., Process]
+) -> None:
+    """SIGKILL of the worker alone (not its group) makes its delivery worker stop by itself,
+    warmly, at its next maintenance: an idle RQ worker wakes from its blocking dequeue every
+    WORKER_TTL - 15 = 20 s, so within about 21 s even with MAINTENANCE_INTERVAL=1 (measured:
+    19.5 s)."""
+    proc, _, deliverer = start_pair(conn, worker_process)
+    own = [deliverer.pid, *descendant_pids(deliverer.pid)]
+    try:
+        os.kill(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait(timeout=10)
+        wait_until(lambda: not any(map(alive, own)), timeout=45, interval=0.2)
+        assert deliverer.name not in {w.name for w in Worker.all(connection=conn)}
+        assert f"its parent {proc.popen.pid} is gone; stopping" in proc.output()
+    finally:
+        # What the killed worker leaves behind (RQ's scheduler it forked does not notice).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)

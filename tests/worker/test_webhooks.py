@@ -41,6 +41,7 @@ from tests.helpers import (
     submit,
     wait_until,
 )
+from worker import webhooks
 from worker.main import TrackingMixin
 from worker.repair import repair_pass
 
@@ -656,3 +657,199 @@ def test_state_before_and_after_the_end(
     work()
     assert describe_job(hook_client, job_id)["webhook"]["state"] == "delivered"
     assert len(receiver.hits) == 1
+
+
+# --- late and stale reports ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ended", ["delivered", "gone", "refused", "gave_up"])
+def test_a_late_report_never_overwrites_an_ended_delivery(
+    hook_client: FlaskClient, work: Worker, conn: redis.Redis, receiver: Receiver, ended: str
+) -> None:
+    """Once a delivery has ended, a late report of one of its tries (a work-horse left running
+    by a worker killed outright) changes neither its state nor the outcome counts; only a new
+    try's start moves it on (one more attempt)."""
+    job_id = submit(hook_client, "echo", {}, webhook_url=receiver.url)
+    work()
+    assert state(conn, job_id)["state"] == "delivered"
+    key = keys.delivery_state_key(job_id)
+    if ended != "delivered":
+        conn.hset(key, "state", ended)
+    before = conn.hgetall(key)
+    counted = outcomes(conn)
+    delivery = delivery_id(conn, job_id)
+    current = Job.fetch(delivery, connection=conn)
+    late = webhooks._State(conn, job_id, delivery)
+    assert late.finish("gave_up", error="late") == "gave_up"
+    late.finish("delivered", status=200, delivered_at=time.time())
+    late.fail("late", current, last_try=True, status=503)
+    late.fail("late", current, last_try=False, status=503)
+    assert conn.hgetall(key) == before
+    assert outcomes(conn) == counted
+
+    assert late.update(count=True, state="delivering", next_attempt_at="") is True
+    moved = state(conn, job_id)
+    assert moved["state"] == "delivering"
+    assert moved["attempts"] == 2
+    late.fail("HTTP 503", current, last_try=False, status=503)
+    assert state(conn, job_id)["state"] == "retrying"
+    assert outcomes(conn) == {**counted, "failed": counted.get("failed", 0) + 1}
+
+
+def test_a_report_of_an_older_end_leaves_the_newer_state_but_is_counted(
+    hook_client: FlaskClient, work: Worker, conn: redis.Redis, receiver: Receiver
+) -> None:
+    """A report from the delivery of an older end, the state now another delivery's, leaves
+    that state alone (even a try's start), but its outcome is still counted."""
+    job_id = submit(hook_client, "fail", {"message": "first"}, webhook_url=receiver.url)
+    work()
+    older = delivery_id(conn, job_id)
+    assert state(conn, job_id)["state"] == "delivered"
+    assert_envelope(post(hook_client, JOB_RETRY, {"job_id": job_id}), 202)
+    assert_envelope(post(hook_client, JOB_CANCEL, {"job_id": job_id}), 200)
+    newer = delivery_id(conn, job_id)
+    assert newer != older
+    key = keys.delivery_state_key(job_id)
+    before = conn.hgetall(key)
+    assert state(conn, job_id)["state"] == "pending"
+    stale = webhooks._State(conn, job_id, older)
+    current = Job.fetch(older, connection=conn)
+    stale.update(count=True, state="delivering", next_attempt_at="")
+    stale.finish("delivered", status=200, delivered_at=time.time())
+    stale.fail("late", current, last_try=True, status=500)
+    assert conn.hgetall(key) == before
+    assert outcomes(conn) == {"delivered": 2, "failed": 1, "gave_up": 1}
+
+
+# --- URLs HTTP cannot carry ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["/café", "/hook?name=zoë", "/a\u0001b", "/a\u007fb", "/a b"], ids=repr
+)
+def test_a_url_http_cannot_carry_is_unsendable(receiver: Receiver, path: str) -> None:
+    """post() refuses a URL with a non-ASCII or control character (API validation bypassed)
+    with UnsendableError, sending nothing."""
+    url = receiver.url.replace("/hook", path)
+    with pytest.raises(webhooks.UnsendableError, match="webhook_url cannot be sent"):
+        webhooks.post(url, b"{}", {}, allow_private=True, timeout=2)
+    assert receiver.hits == []
+
+
+def test_a_url_http_cannot_carry_is_refused_at_once(
+    hook_client: FlaskClient, work: Worker, conn: redis.Redis, receiver: Receiver
+) -> None:
+    """A delivery whose URL HTTP cannot carry (written into the job past the API's check) ends
+    "refused" at its first try, without retries."""
+    job_id = submit(hook_client, "echo", {}, webhook_url=receiver.url)
+    job = TrackedJob.fetch(job_id, connection=conn)
+    job.meta["webhook"]["url"] = receiver.url + "/café"
+    job.save_meta()
+    work()
+    assert receiver.hits == []
+    found = state(conn, job_id)
+    assert found["state"] == "refused"
+    assert found["attempts"] == 1
+    assert "cannot be sent" in found["last_error"]
+    assert found["next_attempt_at"] is None
+    assert outcomes(conn) == {"refused": 1}
+    assert scheduled(conn) == []
+    assert hooks_waiting(conn) == 0
+    assert FinishedJobRegistry(HOOKS, connection=conn).get_job_ids() == [delivery_id(conn, job_id)]
+
+
+# --- the bound of a whole try ----------------------------------------------------------------
+
+
+class Trickler:
+    """A loopback TCP server that takes one connection, sends `head` at once, then `trickle`
+    one byte every `interval` seconds, then hangs up."""
+
+    def __init__(self, interval: float, trickle: bytes, head: bytes = b"") -> None:
+        self.interval = interval
+        self.head = head
+        self.trickle = trickle
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Return the URL to POST to."""
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            peer, _ = self.listener.accept()
+            with peer:
+                peer.settimeout(1)
+                with contextlib.suppress(TimeoutError):
+                    peer.recv(65536)
+                peer.sendall(self.head)
+                for byte in self.trickle:
+                    if self.stop.wait(self.interval):
+                        return
+                    peer.sendall(bytes([byte]))
+
+    def __enter__(self) -> Trickler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+# Header lines that take far longer to trickle than any try may last.
+ENDLESS_HEADERS = b"X-Pad: y\r\n" * 10_000
+
+
+def test_a_trickled_status_line_ends_the_try_within_three_timeouts() -> None:
+    """A receiver that accepts the connection, then trickles its status line a byte every 0.1 s
+    (each read well within the 0.3 s timeout), is cut off within about three times the timeout:
+    post() raises DeliveryError saying it did not answer in full."""
+    timeout = 0.3
+    with Trickler(0.1, b"HTTP/1.1 200 OK\r\n" + ENDLESS_HEADERS) as trickler:
+        started = time.monotonic()
+        with pytest.raises(webhooks.DeliveryError) as caught:
+            webhooks.post(trickler.url, b"{}", {}, allow_private=True, timeout=timeout)
+        took = time.monotonic() - started
+    assert "did not answer in full" in str(caught.value)
+    # Cut by the whole try's deadline (3 x timeout), not before, and not long after.
+    assert 3 * timeout - 0.05 <= took < 3 * timeout + 2, took
+
+
+def test_a_status_line_cut_by_the_deadline_is_no_answer() -> None:
+    """A status line the try's deadline cut off before its end (its code arrived, its line end
+    never did) is no answer: post() raises DeliveryError, it does not take the code for a 2xx."""
+    status_line = b"HTTP/1.1 200 " + b"O" * 1000 + b"\r\n"
+    with (
+        Trickler(0.02, status_line + ENDLESS_HEADERS) as trickler,
+        pytest.raises(webhooks.DeliveryError, match="did not answer in full"),
+    ):
+        webhooks.post(trickler.url, b"{}", {}, allow_private=True, timeout=0.3)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 503 Busy\r\nContent-Length: 100000\r\n\r\n",
+        b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 100000\r\n\r\n",
+        b"HTTP/1.0 503 Busy\r\nContent-Length: 100000\r\n\r\n",
+    ],
+    ids=["keep-alive", "connection-close", "http-1.0"],
+)
+def test_a_trickled_error_body_ends_the_try_within_three_timeouts(head: bytes) -> None:
+    """A non-2xx answer whose body trickles in a byte every 0.05 s ends the try within about
+    three times the timeout, whether the receiver keeps the connection open or closes it after
+    the answer (HTTP/1.0, Connection: close)."""
+    timeout = 0.3
+    # 5 s of body, then the receiver hangs up: far past the try's bound.
+    with Trickler(0.05, b"x" * 100, head=head) as trickler:
+        started = time.monotonic()
+        with contextlib.suppress(webhooks.DeliveryError):
+            answer = webhooks.post(trickler.url, b"{}", {}, allow_private=True, timeout=timeout)
+            assert answer.status == 503
+        took = time.monotonic() - started
+    assert took < 3 * timeout + 2, f"the try took {took:.1f} s"
