@@ -20,7 +20,7 @@ from api.request_metrics import REFUSED_SUBMISSIONS
 from api.responses import UNKNOWN, reply
 from api.waiting import wait_for_end
 from shared import keys, tasks
-from shared.delivery import WebhookPolicy, read_state
+from shared.delivery import WebhookPolicy, read_state, waiting_state
 from shared.index import FINAL_STATUSES
 from shared.job import TrackedJob, error_message, log_transition
 from shared.queue import MemoryFullError, QueueFullError
@@ -249,14 +249,7 @@ def describe(job: Job) -> dict[str, Any]:
     if status is Status.FAILED:
         described["error"] = error_message(job)
     if isinstance(meta.get("webhook"), dict):
-        described["webhook"] = read_state(job.connection, job.id) or {
-            "state": "waiting",
-            "attempts": 0,
-            "last_status": None,
-            "last_error": None,
-            "delivered_at": None,
-            "next_attempt_at": None,
-        }
+        described["webhook"] = read_state(job.connection, job.id) or waiting_state()
     return described
 
 

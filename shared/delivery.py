@@ -154,17 +154,24 @@ def read_state(connection: Redis, job_id: str) -> dict[str, Any] | None:
     return parse_state(raw) if raw else None
 
 
-def parse_state(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    """Return the public delivery state from the state hash as HGETALL returns it."""
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
-    state: dict[str, Any] = {
-        "state": fields.get("state"),
+def waiting_state() -> dict[str, Any]:
+    """Return the delivery state of a job that has not ended yet (no delivery queued)."""
+    return {
+        "state": "waiting",
         "attempts": 0,
         "last_status": None,
-        "last_error": fields.get("last_error") or None,
+        "last_error": None,
         "delivered_at": None,
         "next_attempt_at": None,
     }
+
+
+def parse_state(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """Return the public delivery state from the state hash as HGETALL returns it."""
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    state = waiting_state()
+    state["state"] = fields.get("state")
+    state["last_error"] = fields.get("last_error") or None
     for name in STATE_INTS:
         if fields.get(name):
             state[name] = int(fields[name])

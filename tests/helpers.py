@@ -76,6 +76,15 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 # --- waiting ---------------------------------------------------------------------------------
 
 
+def plain_id(value: object) -> str:
+    """Return a parameter id of printable ASCII without brackets, from `value`'s repr: pytest
+    escapes other ids, and such a node id cannot be named on its command line (mutmut does)."""
+    text = repr(value)
+    return "".join(
+        ch if ch.isascii() and ch.isprintable() and ch not in "[]\\" else "_" for ch in text
+    )
+
+
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
     """Return the first truthy value of `predicate()`, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

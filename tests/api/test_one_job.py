@@ -16,7 +16,7 @@ from rq.results import Result
 
 from api import jobs
 from shared.index import StatusIndex
-from tests.helpers import JOB_STATUS, assert_envelope, describe_job, post, record, submit
+from tests.helpers import JOB_STATUS, assert_envelope, describe_job, plain_id, post, record, submit
 from worker.main import TrackingMixin
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -139,7 +139,7 @@ def test_unknown_job_is_404(client: FlaskClient) -> None:
         {"job_id": "abc\n"},
         {"job_id": "rq:job:abc"},
     ],
-    ids=lambda body: repr(body.get("job_id", "<missing>"))[:20],
+    ids=lambda body: plain_id(body.get("job_id", "<missing>"))[:20],
 )
 def test_malformed_job_id_is_400(client: FlaskClient, body: dict[str, Any]) -> None:
     """A missing, non-string or malformed job_id is refused with 400 before any lookup."""

@@ -14,7 +14,7 @@ from rq.job import Job, JobStatus
 from shared import keys
 from shared.index import StatusIndex
 from shared.status import Status
-from tests.helpers import JOBS, assert_envelope, indexed, post, queue_length, submit
+from tests.helpers import JOBS, assert_envelope, indexed, plain_id, post, queue_length, submit
 
 
 def test_accepts_and_enqueues(client: FlaskClient, conn: redis.Redis, index: StatusIndex) -> None:
@@ -167,7 +167,7 @@ def test_sleep_seconds_bounds_are_inclusive(client: FlaskClient, seconds: float)
         ["https://example.com"],
         {"url": "https://example.com"},
     ],
-    ids=lambda url: repr(url)[:30],
+    ids=lambda url: plain_id(url)[:30],
 )
 def test_bad_webhook_url_is_400(client: FlaskClient, conn: redis.Redis, url: Any) -> None:
     """A webhook_url that is not an absolute http(s) URL with a host is refused, not enqueued."""
