@@ -785,3 +785,19 @@ def test_a_job_deleted_while_a_request_waits_on_it_is_not_found(
     # The 404 raised in the thread keeps the app's connections in a reference cycle: the garbage
     # collector could finalize a socket before its connection closes it (a ResourceWarning).
     app.extensions[EXTENSION].redis.connection_pool.disconnect()
+
+
+def test_a_running_job_gone_before_its_stop_is_not_found(
+    client: FlaskClient, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running job deleted between the cancel's read and its stop command is a 404, not a 500."""
+    job_id = submit(client)
+    mark_running(conn, job_id)
+
+    def gone(connection: redis.Redis, stopped: str) -> None:
+        TrackedJob.fetch(stopped, connection=connection).delete()
+        send_stop_job_command(connection, stopped)
+
+    monkeypatch.setattr(actions, "send_stop_job_command", gone)
+    body = assert_envelope(post(client, JOB_CANCEL, {"job_id": job_id}), 404)
+    assert body["message"] == "Job not found"

@@ -357,3 +357,12 @@ def test_a_named_job_refused_for_a_full_queue_leaves_no_name_behind(
     again = accepted(post(client, JOBS, REQUEST, headers=keyed(KEY)), KEY_JOB_ID, replayed=False)
     assert again["response"]["job_status"] == "queued"
     assert index_status(conn, KEY_JOB_ID) is Status.QUEUED
+
+
+def test_an_omitted_payload_is_the_same_request_as_an_empty_one(client: FlaskClient) -> None:
+    """A named submission without `payload` and one with `"payload": {}` ask for the same job:
+    the second is a replay, not a 422."""
+    request = {"task": "echo", "id": "c-2"}
+    first = assert_envelope(post(client, JOBS, request, headers=keyed("k-empty")), 202)
+    again = post(client, JOBS, {**request, "payload": {}}, headers=keyed("k-empty"))
+    accepted(again, first["job_id"], replayed=True)
