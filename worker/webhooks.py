@@ -303,8 +303,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         """Connect to the checked address and verify the certificate names the URL's host."""
         raw = socket.create_connection((str(self.address), self.port), self.timeout)
-        # Held before the handshake, so that the try's deadline can cut a slow one too.
-        self.deadline.sock = raw
+        # The handshake as a whole is bounded by the socket's timeout, which the wrapped socket
+        # keeps; from then on the try's deadline can cut it too.
         wrapped = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
         self.sock = self.deadline.sock = wrapped
 
