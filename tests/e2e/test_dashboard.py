@@ -117,8 +117,10 @@ def ran(env: dict[str, str], conn: redis.Redis) -> Iterator[Ran]:
 
 def test_dashboard_json_lists_each_job_in_the_registry_rq_put_it_in(ran: Ran) -> None:
     """queues.json counts, and the job lists name, the service's jobs where RQ keeps them."""
-    (queue,) = get_json(ran.port, "/dashboard/0/data/queues.json")["queues"]
-    assert queue["name"] == "default"
+    queues = {q["name"]: q for q in get_json(ran.port, "/dashboard/0/data/queues.json")["queues"]}
+    # The job queue alone: its webhook delivery queue is listed once a delivery is queued.
+    assert set(queues) == {"default"}
+    queue = queues["default"]
     assert queue["count"] == 1
     assert queue["finished_job_registry_count"] == 3
     assert queue["failed_job_registry_count"] == 1
@@ -134,7 +136,10 @@ def test_dashboard_json_lists_each_job_in_the_registry_rq_put_it_in(ran: Ran) ->
     assert job["status"] == "failed"
     assert "on purpose" in job["exc_info"]
 
-    (worker,) = get_json(ran.port, "/dashboard/0/data/workers.json")["workers"]
+    workers = get_json(ran.port, "/dashboard/0/data/workers.json")["workers"]
+    # Each python -m worker registers its job worker and its webhook delivery worker.
+    assert sorted(w["queues"] for w in workers) == [["default"], ["default:webhooks"]]
+    (worker,) = [w for w in workers if w["queues"] == ["default"]]
     assert worker["state"] == "busy"
     assert worker["current_job"]["job_id"] == ran.running
     assert worker["queues"] == ["default"]

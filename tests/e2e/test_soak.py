@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import redis
-from rq import Worker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from shared import keys
@@ -24,6 +23,7 @@ from tests.helpers import (
     HOST,
     TIMEOUT,
     free_port,
+    job_workers,
     running,
     start_api,
     start_worker,
@@ -162,7 +162,7 @@ def test_a_minute_of_polling_and_submitting_loses_nothing_and_holds_the_limit(
         start_worker({**env, "WORKER_CLASS": "simple"}, name="worker-simple"),
     ]
     with running(*workers), running(api := start_api(env, port, workers=2)):
-        wait_until(lambda: Worker.count(connection=conn) == 2, timeout=30)
+        wait_until(lambda: len(job_workers(conn)) == 2, timeout=30)
         stop = threading.Event()
         started = time.monotonic()
         end = started + SOAK_SECONDS
