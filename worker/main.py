@@ -317,8 +317,9 @@ def start_deliverer(settings: Settings) -> multiprocessing.process.BaseProcess:
 
 def deliver_forever(settings: Settings, parent: int) -> None:
     """Deliver webhooks (the queue "<QUEUE_NAME>:webhooks") while the process `parent` lives."""
-    # Ctrl-C reaches the whole process group; the parent stops this worker itself (SIGTERM,
-    # RQ's warm shutdown: the try under way ends first).
+    # Until RQ installs its own handlers (in `work()`), a Ctrl-C reaching the whole process group
+    # is the parent's to act on; from then on SIGINT or the parent's SIGTERM is RQ's warm
+    # shutdown (the try under way ends first).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_level, settings.log_format)
     connection = connect(settings)
