@@ -21,6 +21,7 @@ from rq import Queue
 from rq.job import Job
 
 from api import create_app
+from api.context import EXTENSION
 from shared import keys
 from shared.index import StatusIndex
 from shared.job import TrackedJob
@@ -163,15 +164,20 @@ def fake() -> Iterator[fakeredis.FakeRedis]:
 
 
 @pytest.fixture
-def make_app(conn: redis.Redis, settings: Settings) -> Callable[..., Flask]:
-    """Return a factory of apps whose settings differ from the default by keyword."""
+def make_app(conn: redis.Redis, settings: Settings) -> Iterator[Callable[..., Flask]]:
+    """Return a factory of apps whose settings differ from the default by keyword; their Redis
+    connections are closed after the test."""
+    made: list[Flask] = []
 
     def make(**changes: Any) -> Flask:
         app = create_app(replace(settings, **changes))
         app.config["TESTING"] = True
+        made.append(app)
         return app
 
-    return make
+    yield make
+    for app in made:
+        app.extensions[EXTENSION].redis.connection_pool.disconnect()
 
 
 @pytest.fixture
