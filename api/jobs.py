@@ -10,7 +10,7 @@ from flask import Blueprint, Response, request, stream_with_context, url_for
 from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from api import idempotency, validation, webhooks
+from api import feed, idempotency, validation, webhooks
 from api.auth import require_api_key
 from api.body import request_body
 from api.context import services
@@ -21,7 +21,7 @@ from api.responses import UNKNOWN, reply
 from api.waiting import wait_for_end
 from shared import keys, tasks
 from shared.delivery import WebhookPolicy, read_state, waiting_state
-from shared.index import FINAL_STATUSES
+from shared.index import FINAL_STATUSES, Batch, Facets
 from shared.job import TrackedJob, error_message, log_transition
 from shared.queue import MemoryFullError, QueueFullError
 from shared.status import Status, from_rq
@@ -32,23 +32,89 @@ bp.before_request(require_api_key)
 
 @bp.post("/v1/toolkit/jobs/status")
 def jobs_status() -> Response:
-    """Return {job_id: status} for every job whose state changed in the last since_seconds."""
+    """Return {job_id: status} for every job whose latest change lies in the query's window (the
+    last since_seconds by default): filtered, counted and in pages as the body asks."""
+    query = feed.from_body(request_body(), services().settings.retention_seconds)
+    return _changes(query)
+
+
+@bp.get("/v1/toolkit/jobs/status")
+def jobs_status_get() -> Response:
+    """Answer the queries POST answers, from the query string (`?status=failed&limit=50`)."""
+    args = {name: request.args.getlist(name) for name in request.args}
+    return _changes(feed.from_query_string(args, services().settings.retention_seconds))
+
+
+def _changes(query: feed.FeedQuery) -> Response:
     svc = services()
-    since = validation.since_seconds(request_body(), svc.settings.retention_seconds)
-    # Read before the answer starts: a Redis failure or a missing index still sets its status.
-    window = svc.index.window(since, svc.settings.queue_name)
+    if query.limit is not None:
+        page = svc.index.page(
+            query.start,
+            svc.settings.queue_name,
+            query.limit,
+            statuses=query.listed,
+            facets=query.facets,
+            counts=query.counts,
+            counted_from=query.cursor.start if query.cursor is not None else None,
+        )
+        start = query.cursor.start if query.cursor is not None else page.start
+        following = None if page.end is None else feed.encode_cursor(page.end, query, start)
+        return reply(
+            200,
+            "success",
+            response={job_id.decode(): status.value for job_id, status in page.ids},
+            queue_length=page.queue_length,
+            **_feed_fields(page.fence, following, page.counts),
+        )
+
+    # The whole window at once: the original answer. Read before the answer starts: a Redis
+    # failure or a missing index still sets its status.
+    window = svc.index.window(
+        query.start.seconds,
+        svc.settings.queue_name,
+        after=query.start.after,
+        statuses=query.listed,
+        counts=query.counts,
+    )
+    extra = _feed_fields(window.fence, None, window.counts)
     if window.complete:
-        response = statuses_json(window.ids)
-        return reply(200, "success", response=response, queue_length=window.queue_length)
+        response = statuses_json(_of_facets(window.ids, query.facets))
+        return reply(200, "success", response=response, queue_length=window.queue_length, **extra)
 
     # Larger than one read: streamed, a batch at a time, so memory stays flat and each Redis
     # command short (docs/index-layout.md, "Reading a window").
     def envelope(response: Any) -> bytes:
-        return reply(200, "success", response=response, queue_length=window.queue_length).get_data()
+        return reply(
+            200, "success", response=response, queue_length=window.queue_length, **extra
+        ).get_data()
 
-    parts = streamed_statuses(itertools.chain([window.ids], window.rest))
-    body = stream_with_context(streamed_envelope(envelope, parts))
+    batches = (
+        _of_facets(batch, query.facets) for batch in itertools.chain([window.ids], window.rest)
+    )
+    body = stream_with_context(streamed_envelope(envelope, streamed_statuses(batches)))
     return Response(body, status=200, mimetype="application/json")
+
+
+def _of_facets(batch: Batch, facets: Facets) -> Batch:
+    """Return the ids of `batch` whose jobs are of `facets` (all of them without facets)."""
+    if not facets:
+        return batch
+    index = services().index
+    kept: Batch = []
+    for status, members in batch:
+        keep = index.matching(members, facets) if members else []
+        kept.append((status, [m for m, ok in zip(members, keep, strict=True) if ok]))
+    return kept
+
+
+def _feed_fields(
+    fence: int, next_cursor: str | None, counts: dict[Status, int] | None
+) -> dict[str, Any]:
+    """Return the change feed's fields of an answer (docs/changes-feed.md)."""
+    fields: dict[str, Any] = {"server_time": feed.server_time(fence), "next_cursor": next_cursor}
+    if counts is not None:
+        fields["counts"] = {status.value: n for status, n in counts.items()}
+    return fields
 
 
 @bp.post("/v1/toolkit/job/status")

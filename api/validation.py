@@ -38,7 +38,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"Request body is not valid JSON: {_short(exc)}") from None
     if not isinstance(body, dict):
-        raise ApiError(400, f"Request body must be a JSON object, not {_json_type(body)}")
+        raise ApiError(400, f"Request body must be a JSON object, not {json_type(body)}")
     if _nesting_depth(body) > MAX_JSON_DEPTH:
         raise ApiError(400, f"Request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
@@ -79,7 +79,7 @@ def since_seconds(body: dict[str, Any], retention_seconds: int) -> float:
         return DEFAULT_SINCE_SECONDS
     value = body["since_seconds"]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(400, f"since_seconds must be a number, not {_json_type(value)}")
+        raise ApiError(400, f"since_seconds must be a number, not {json_type(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ApiError(400, "since_seconds must be a finite number")
     if value < 0:
@@ -99,7 +99,7 @@ def job_id(body: dict[str, Any]) -> str:
         raise ApiError(400, "job_id is required")
     value = body["job_id"]
     if not isinstance(value, str):
-        raise ApiError(400, f"job_id must be a string, not {_json_type(value)}")
+        raise ApiError(400, f"job_id must be a string, not {json_type(value)}")
     if not JOB_ID_RE.fullmatch(value):
         raise ApiError(400, "job_id must be 1 to 128 characters of A-Z a-z 0-9 _ -")
     return value
@@ -110,7 +110,7 @@ def wait_seconds(value: Any) -> float:
     if value is None:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(400, f"wait must be a number of seconds, not {_json_type(value)}")
+        raise ApiError(400, f"wait must be a number of seconds, not {json_type(value)}")
     if not 0 <= value <= MAX_WAIT_SECONDS:
         raise ApiError(400, f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds")
     return float(value)
@@ -161,7 +161,7 @@ def job_request(body: dict[str, Any]) -> JobRequest:
         raise ApiError(400, f"task must be at most {TASK_NAME_MAX} characters")
     payload = body.get("payload", {})
     if not isinstance(payload, dict):
-        raise ApiError(400, f"payload must be a JSON object, not {_json_type(payload)}")
+        raise ApiError(400, f"payload must be a JSON object, not {json_type(payload)}")
     url = body.get("webhook_url")
     if url is not None:
         url = webhook_url(url)
@@ -172,7 +172,7 @@ def job_request(body: dict[str, Any]) -> JobRequest:
 def webhook_url(value: Any) -> str:
     """Return `value` if it is an absolute http(s) URL with a host."""
     if not isinstance(value, str):
-        raise ApiError(400, f"webhook_url must be a string, not {_json_type(value)}")
+        raise ApiError(400, f"webhook_url must be a string, not {json_type(value)}")
     if len(value) > WEBHOOK_URL_MAX:
         raise ApiError(400, f"webhook_url must be at most {WEBHOOK_URL_MAX} characters")
     try:
@@ -200,7 +200,8 @@ def webhook_url(value: Any) -> str:
     return value
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """Return how an error message names the JSON type of `value`."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -7,19 +7,23 @@ server time of their latest state change, in integer microseconds. The index mar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import OutOfMemoryError
 from rq.job import JobStatus
+from rq.serializers import DefaultSerializer
 
 from shared import keys
 from shared.exceptions import IndexNotFoundError
 from shared.redis import MICROS, time_micros
 from shared.status import Status, from_rq
+
+logger = logging.getLogger(__name__)
 
 STATUSES = list(Status)
 # The statuses whose entries leave the index once older than the retention. A queued or running
@@ -37,6 +41,9 @@ TRIM_BATCH = 500
 # 5,000, whose longest stayed under 5 ms even beside 8 other full windows on 2 cores.
 WINDOW_BATCH = 10_000
 STREAM_BATCH = 5_000
+# How many entries a page of the change feed filtered by queue or task looks at, at most (when
+# its limit is lower): each one's job is read to be checked.
+PAGE_SCAN = 1_000
 
 # Remove up to ARGV[2] entries older than ARGV[1] seconds (by this Redis server's clock) from
 # the sorted set KEYS[1]; return how many went. Bounded work per call keeps Redis responsive on
@@ -50,9 +57,26 @@ if #expired > 0 then redis.call('ZREM', KEYS[1], unpack(expired)) end
 return #expired
 """
 
+# The position of a change recorded now: this Redis server's clock in µs (KEYS[1] of the
+# caller's, the index clock, holds the latest position given), or 1 µs after the latest
+# position when the clock has not moved past it (two changes in one µs, a clock step back).
+# Positions are unique and only grow: a change recorded after a read always lies after every
+# entry that read could see (docs/changes-feed.md). Shared by the record and repair scripts.
+POSITION_LUA = """
+local function next_position(clock)
+  local t = redis.call('TIME')
+  local position = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', clock) or '0')
+  if position <= last then position = last + 1 end
+  redis.call('SET', clock, string.format('%.0f', position))
+  return position
+end
+"""
+
 # Record one state change. Guarantees, atomically: RQ's own `status` field in the job hash,
 # the job's single entry in the index (moved out of every other status set), and the index
-# marker all change together, scored by this Redis server's clock, never the caller's.
+# marker all change together, scored by this Redis server's clock (made unique: POSITION_LUA),
+# never the caller's.
 # When the job's API status really changes (it was not already in the target set), it counts
 # the change in the transitions hash, field "<from>:<to>" ("new" when the job was in no set),
 # in the same transaction: the count can never disagree with the index. Which set held the job
@@ -62,8 +86,8 @@ return #expired
 # end (ARGV[6], "" for none), a real change pushes it onto its queue and starts the delivery
 # state afresh (for ARGV[7] seconds); an end recorded twice (RQ writes a stop twice) deletes
 # the second one unqueued, so each end is delivered exactly once.
-# KEYS: job hash, index marker, transitions hash, the index sets in Status order; with a
-# delivery: its queue list, its job hash, the delivery state hash.
+# KEYS: job hash, index marker, transitions hash, index clock, the index sets in Status order;
+# with a delivery: its queue list, its job hash, the delivery state hash.
 # ARGV: job id, RQ status, target set position (1-based), schema, channel, delivery job id,
 # delivery state TTL.
 # The status names are written into the script (`names`, in Status order), not sent each call.
@@ -71,10 +95,9 @@ RECORD_LUA = (
     "local names = {"
     + ", ".join(f"'{status.value}'" for status in STATUSES)
     + "}"
+    + POSITION_LUA
     + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local first = 4
+local first = 5
 local last = first + #names - 1
 local position = tonumber(ARGV[3])
 local target = position + first - 1
@@ -85,7 +108,8 @@ for i = first, last do
     from = names[i - first + 1]
   end
 end
-local changed = redis.call('ZADD', KEYS[target], string.format('%.0f', now), ARGV[1]) == 1
+local position_now = next_position(KEYS[4])
+local changed = redis.call('ZADD', KEYS[target], string.format('%.0f', position_now), ARGV[1]) == 1
 if changed then
   redis.call('HINCRBY', KEYS[3], from .. ':' .. names[position], 1)
 end
@@ -106,16 +130,22 @@ end
 """
 )
 
-# Read the first batch of every status set (KEYS, in Status order) from score ARGV[1] up, at
-# most ARGV[2] ids each, as one atomic step that Redis runs even when out of memory: over
-# maxmemory it refuses every command queued in a MULTI, reads included, but runs a script
-# declared without writes. Used only then; otherwise the MULTI's plain replies are cheaper.
+# Read the first batch of each status set in KEYS from position ARGV[1] to ARGV[2], at most
+# ARGV[3] ids each (and, when ARGV[4] is "1", count each set's entries in that range), as one
+# atomic step that Redis runs even when out of memory: over maxmemory it refuses every command
+# queued in a MULTI, reads included, but runs a script declared without writes. Used only then;
+# otherwise the MULTI's plain replies are cheaper.
 FIRST_READ_LUA = """#!lua flags=no-writes
-local ranges = {}
+local replies = {}
 for i, key in ipairs(KEYS) do
-  ranges[i] = redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+  replies[i] = redis.call('ZRANGEBYSCORE', key, ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
 end
-return ranges
+if ARGV[4] == '1' then
+  for i, key in ipairs(KEYS) do
+    replies[#KEYS + i] = redis.call('ZCOUNT', key, ARGV[1], ARGV[2])
+  end
+end
+return replies
 """
 
 _INDEX_KEYS = keys.status_index_keys()
@@ -140,7 +170,13 @@ def record(
     """Queue the recording of `job_id` now having `rq_status` inside `pipeline`'s MULTI (and the
     queueing of `delivery`, when this records a new end)."""
     status = from_rq(rq_status)
-    script_keys = [keys.rq_job_key(job_id), keys.marker_key(), keys.transitions_key(), *_INDEX_KEYS]
+    script_keys = [
+        keys.rq_job_key(job_id),
+        keys.marker_key(),
+        keys.transitions_key(),
+        keys.clock_key(),
+        *_INDEX_KEYS,
+    ]
     channel = keys.job_ended_channel(job_id) if status in FINAL_STATUSES else ""
     args: list[str | int] = [
         job_id,
@@ -194,17 +230,75 @@ class Window:
 
     When `complete`, `ids` is the whole window, one consistent snapshot; else `rest` yields the
     remaining ids, one status set's batch at a time (docs/index-layout.md, "Reading a window").
+    `fence` is the read's position (µs): every entry read lies at or before it, every change
+    recorded after the read after it. `counts`, when asked for, holds the window's entries
+    per status, counted in the first read.
     """
 
     ids: Batch
     queue_length: int
     complete: bool
     rest: Iterator[Batch]
+    fence: int
+    counts: dict[Status, int] | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of the change feed: `ids` in position order, each with its status at the read.
+
+    `end` is the position (µs) of the last entry the page looked at, None when the page reached
+    its `fence` (nothing more to read now): a next page starts just after `end`.
+    """
+
+    ids: list[tuple[bytes, Status]]
+    end: int | None
+    fence: int
+    queue_length: int
+    # The position the page read after (exclusive): a start in seconds, resolved.
+    start: int
+    counts: dict[Status, int] | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a read of the index starts: the last `seconds` before the read (inclusive), or
+    just after the position `after` (µs, exclusive)."""
+
+    seconds: float = 0.0
+    after: int | None = None
+
+    def exclusive(self, now_micros: int) -> int:
+        """Return the position (µs) entries must lie after to be read."""
+        if self.after is not None:
+            return self.after
+        return window_start(now_micros, self.seconds) - 1
+
+
+@dataclass(frozen=True)
+class Facets:
+    """What a listed job must also be: of this RQ queue, of this task (None: any)."""
+
+    queue: str | None = None
+    task: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.queue is not None or self.task is not None
 
 
 def window_start(now_micros: int, since_seconds: float) -> int:
     """Return the lowest score (µs, inclusive) of the last `since_seconds` before `now_micros`."""
     return now_micros - int(since_seconds * MICROS)
+
+
+def fence_of(now_micros: int, clock: bytes | None) -> int:
+    """Return the position a read at Redis time `now_micros` reads up to, given the index clock.
+
+    Every entry already recorded lies at or before it (the clock holds the latest position), and
+    every change recorded later lies after it: its position is at least its Redis time (at
+    least `now_micros`, the clock never stepping back within the read) and above the clock.
+    """
+    return max(now_micros - 1, int(clock or 0))
 
 
 class StatusIndex:
@@ -217,42 +311,62 @@ class StatusIndex:
         self._first_read = connection.register_script(FIRST_READ_LUA)
         self._index_keys = keys.status_index_keys()
 
+    def _open(self, queue_name: str) -> tuple[int, int, int]:
+        """Return the Redis time of the read, its fence and the queue length; raise if there is
+        no index here."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.exists(keys.marker_key())
+            pipe.llen(keys.rq_queue_key(queue_name))
+            pipe.get(keys.clock_key())
+            now_reply, marker, queue_length, clock = pipe.execute()
+        if not marker:
+            raise IndexNotFoundError("Jobs directory not found")
+        now = time_micros(now_reply)
+        return now, fence_of(now, clock), int(queue_length)
+
     def window(
         self,
         since_seconds: float,
         queue_name: str,
         batch: int | None = None,
         stream_batch: int | None = None,
+        *,
+        after: int | None = None,
+        statuses: Sequence[Status] = STATUSES,
+        counts: bool = False,
     ) -> Window:
-        """Return the first batch of ids per status changed in the last `since_seconds`.
+        """Return the first batch of ids per status changed in the last `since_seconds` (or
+        after the position `after`), of `statuses` only, up to the read's fence.
 
         `batch` bounds the first read of each status set (WINDOW_BATCH), `stream_batch` each
-        later one (STREAM_BATCH, or `batch` when smaller).
+        later one (STREAM_BATCH, or `batch` when smaller). With `counts`, the first read also
+        counts each set's entries in the window.
         """
         size = WINDOW_BATCH if batch is None else batch
         later = min(size, STREAM_BATCH) if stream_batch is None else stream_batch
+        chosen = [(status, keys.status_index_key(status)) for status in statuses]
         # Two round trips beat one Lua script here: a script's reply of 10^4 ids passes through
         # Lua tables both ways and costs about twice as much as plain ZRANGEBYSCORE replies
-        # (docs/benchmarks.md). MULTI keeps the five first batches one consistent snapshot.
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.exists(keys.marker_key())
-            pipe.llen(keys.rq_queue_key(queue_name))
-            now_reply, marker, queue_length = pipe.execute()
-        if not marker:
-            raise IndexNotFoundError("Jobs directory not found")
-        now = time_micros(now_reply)
-        low = window_start(now, since_seconds)
+        # (docs/benchmarks.md). MULTI keeps the first batches one consistent snapshot.
+        now, fence, queue_length = self._open(queue_name)
+        low = f"({Start(since_seconds, after).exclusive(now)}"
         try:
             with self.connection.pipeline(transaction=True) as pipe:
-                for key in self._index_keys:
-                    pipe.zrangebyscore(key, low, "+inf", start=0, num=size)
-                ranges = pipe.execute()
+                for _, key in chosen:
+                    pipe.zrangebyscore(key, low, fence, start=0, num=size)
+                if counts:
+                    for _, key in chosen:
+                        pipe.zcount(key, low, fence)
+                replies = pipe.execute()
         except OutOfMemoryError:
-            ranges = self._first_read(keys=self._index_keys, args=[low, size])
+            replies = self._first_read(
+                keys=[key for _, key in chosen], args=[low, fence, size, int(counts)]
+            )
+        ranges, counted = replies[: len(chosen)], replies[len(chosen) :]
         ids: Batch = []
         unread: list[tuple[Status, str]] = []
-        for status, key, members in zip(STATUSES, self._index_keys, ranges, strict=True):
+        for (status, key), members in zip(chosen, ranges, strict=True):
             if len(members) < size:
                 ids.append((status, members))
             else:
@@ -261,26 +375,33 @@ class StatusIndex:
                 # costs Redis about seven times the plain reply).
                 ids.append((status, []))
                 unread.append((status, key))
-        rest = self._rest(unread, low, now, later)
-        return Window(ids=ids, queue_length=int(queue_length), complete=not unread, rest=rest)
+        rest = self._rest(unread, low, fence, later)
+        return Window(
+            ids=ids,
+            queue_length=queue_length,
+            complete=not unread,
+            rest=rest,
+            fence=fence,
+            counts=_counts(chosen, counted) if counts else None,
+        )
 
     def _rest(
-        self, unread: list[tuple[Status, str]], low: int, now: int, size: int
+        self, unread: list[tuple[Status, str]], low: str, fence: int, size: int
     ) -> Iterator[Batch]:
-        """Yield each unread set's window [low, now] in batches of at most `size` ids."""
-        # Up to `now`, not +inf: a job that changes during the read gets a score above `now`,
-        # so no read meets it twice. Each batch is every entry from `start` up to, not
+        """Yield each unread set's window (low, fence] in batches of at most `size` ids."""
+        # Up to the fence, not +inf: a job that changes during the read gets a position above
+        # it, so no read meets it twice. Each batch is every entry from `start` up to, not
         # including, the score of the size-th entry, so the next starts at a score's first
         # entry: no offset, and nothing to remember of what was sent.
         for status, key in unread:
             start: float | str = low
             while True:
                 edge = self.connection.zrangebyscore(
-                    key, start, now, start=size - 1, num=1, withscores=True
+                    key, start, fence, start=size - 1, num=1, withscores=True
                 )
                 if not edge:
-                    # Fewer than a batch left; none can arrive, new scores being above `now`.
-                    members = self._ids(key, start, now)
+                    # Fewer than a batch left; none can arrive, new positions being above it.
+                    members = self._ids(key, start, fence)
                     if members:
                         yield [(status, members)]
                     break
@@ -292,7 +413,8 @@ class StatusIndex:
                     start = score
                 else:
                     # One score fills the whole batch: read that score whole, go on above it.
-                    # The service scores at most 200 entries at one TIME (a repair step).
+                    # Only entries written straight into a set can share one (positions are
+                    # unique), but the read must not stall on them.
                     members = self._ids(key, score, score)
                     start = above
                 yield [(status, members)]
@@ -310,6 +432,93 @@ class StatusIndex:
                 ids[status].extend(members)
         return WindowIds(ids=list(ids.items()), queue_length=window.queue_length)
 
+    def page(
+        self,
+        start: Start,
+        queue_name: str,
+        limit: int,
+        *,
+        statuses: Sequence[Status] = STATUSES,
+        facets: Facets = Facets(),
+        counts: bool = False,
+        counted_from: int | None = None,
+    ) -> Page:
+        """Return up to `limit` jobs of `statuses` (and `facets`) whose latest change lies after
+        `start` and at or before the read's fence, in position order.
+
+        A page looks at no more than `limit` entries, or PAGE_SCAN with `facets` (whose jobs are
+        read to be checked). With `counts`, also count each status set's entries from
+        `counted_from` (a position, exclusive; the page's start when None) to the fence.
+        """
+        scan = max(limit, PAGE_SCAN) if facets else limit
+        chosen = [(status, keys.status_index_key(status)) for status in statuses]
+        now, fence, queue_length = self._open(queue_name)
+        after = start.exclusive(now)
+        counts_from = (after if counted_from is None else counted_from) if counts else None
+        try:
+            replies = self._page_read(chosen, after, fence, scan, counts_from, transaction=True)
+        except OutOfMemoryError:
+            # Over maxmemory Redis refuses a MULTI even of reads; but then it refuses every
+            # change too, so the same reads one after the other see one state all the same.
+            replies = self._page_read(chosen, after, fence, scan, counts_from, transaction=False)
+        ranges, counted = replies[: len(chosen)], replies[len(chosen) :]
+        # The `scan` lowest entries of all the sets are among the `scan` lowest of each.
+        merged = sorted(
+            (int(score), member, status)
+            for (status, _), entries in zip(chosen, ranges, strict=True)
+            for member, score in entries
+        )
+        looked = merged[:scan]
+        # Every set gave fewer than asked: nothing lies beyond them up to the fence.
+        whole = len(merged) <= scan and all(len(entries) < scan for entries in ranges)
+        keep = self.matching([member for _, member, _ in looked], facets) if facets else None
+        ids: list[tuple[bytes, Status]] = []
+        end: int | None = None if whole else (looked[-1][0] if looked else None)
+        for i, (position, member, status) in enumerate(looked):
+            if keep is not None and not keep[i]:
+                continue
+            ids.append((member, status))
+            if len(ids) == limit:
+                if i < len(looked) - 1 or not whole:
+                    end = position
+                break
+        return Page(
+            ids=ids,
+            end=end,
+            fence=fence,
+            queue_length=queue_length,
+            start=after,
+            counts=_counts(chosen, counted) if counts else None,
+        )
+
+    def _page_read(
+        self,
+        chosen: list[tuple[Status, str]],
+        after: int,
+        fence: int,
+        scan: int,
+        counts_from: int | None,
+        *,
+        transaction: bool,
+    ) -> list[Any]:
+        with self.connection.pipeline(transaction=transaction) as pipe:
+            for _, key in chosen:
+                pipe.zrangebyscore(key, f"({after}", fence, start=0, num=scan, withscores=True)
+            if counts_from is not None:
+                for _, key in chosen:
+                    pipe.zcount(key, f"({counts_from}", fence)
+            replies: list[Any] = pipe.execute()
+            return replies
+
+    def matching(self, ids: Sequence[bytes], facets: Facets) -> list[bool]:
+        """Return, for each of `ids`, whether its job is of `facets`' queue and task (a job gone
+        is of none)."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(keys.rq_job_key(job_id.decode()), "origin", "meta")
+            rows = pipe.execute()
+        return [_of_facets(origin, meta, facets) for origin, meta in rows]
+
     def mark(self) -> None:
         """Write the index marker with the schema version."""
         self.connection.hset(keys.marker_key(), "schema", keys.SCHEMA_VERSION)
@@ -325,3 +534,23 @@ class StatusIndex:
                 if count < TRIM_BATCH:
                     break
         return removed
+
+
+def _counts(chosen: list[tuple[Status, str]], counted: list[Any]) -> dict[Status, int]:
+    return {status: int(n) for (status, _), n in zip(chosen, counted, strict=True)}
+
+
+def _of_facets(origin: bytes | None, meta: bytes | None, facets: Facets) -> bool:
+    if origin is None:
+        return False
+    if facets.queue is not None and origin.decode(errors="replace") != facets.queue:
+        return False
+    if facets.task is None:
+        return True
+    try:
+        # RQ's own encoding of a job's meta (pickle, as every job the service makes uses).
+        task = DefaultSerializer.loads(meta)["task"] if meta else None
+    except Exception as exc:  # a job of someone else's serializer: of no task of ours
+        logger.debug("no task readable in a job's meta: %r", exc)
+        return False
+    return bool(task == facets.task)

@@ -30,6 +30,11 @@ def status_index_keys() -> list[str]:
     return [status_index_key(status) for status in Status]
 
 
+def clock_key() -> str:
+    """Return the key of the index clock: the position (µs) of the latest recorded change."""
+    return f"{PREFIX}clock"
+
+
 def transitions_key() -> str:
     """Return the key of the hash counting state changes, one field per "<from>:<to>"."""
     return f"{PREFIX}transitions"

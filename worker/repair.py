@@ -41,7 +41,7 @@ from rq.registry import (
 )
 
 from shared import keys
-from shared.index import FINAL_STATUSES, REPAIR_KINDS, STATUSES, StatusIndex
+from shared.index import FINAL_STATUSES, POSITION_LUA, REPAIR_KINDS, STATUSES, StatusIndex
 from shared.logs import configure_logging
 from shared.redis import connect
 from shared.settings import Settings
@@ -69,19 +69,20 @@ if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS
 return 1
 """
 
-# Check up to ARGV[4] ids read from KEYS[7] from cursor ARGV[3], each against RQ's own status.
-# ARGV[5] says what KEYS[7] is: "index", an index set, or "registry", one of RQ's registries
+# Check up to ARGV[4] ids read from KEYS[8] from cursor ARGV[3], each against RQ's own status.
+# ARGV[5] says what KEYS[8] is: "index", an index set, or "registry", one of RQ's registries
 # (sorted sets, read with ZSCAN); "wip", RQ's started registry (entries "<job id>:<execution
 # id>"); "list", a queue (read by position). Guarantees, per id and atomically: the job's single
 # index entry sits in the set its RQ status maps to, or nowhere when RQ has no such job; a move
-# or an addition is scored now (Redis time) and counted in the transitions hash like any
-# recorded change.
+# or an addition is placed now (the index clock's next position: POSITION_LUA) and counted in
+# the transitions hash like any recorded change.
 # ARGV[6] is the index set (position) the source implies. Read from an index set, an id whose
 # RQ status maps to that very set is right without a ZSCORE; read from RQ's queue or registry,
 # an id already in the implied set is left to the index sets' own check, without an HGET:
 # each job then costs one lookup per source, not two.
 # What it put right is added to the repairs hash in the same step.
-# KEYS: the index sets in Status order, the transitions hash, the repairs hash, the key to read.
+# KEYS: the index sets in Status order, the transitions hash, the repairs hash, the key to read,
+# the index clock.
 # ARGV: RQ's job key prefix, retention (s), cursor, count, kind, implied position.
 # Returns {next cursor ("0" at the end), ids read, removed, moved, added}.
 REPAIR_LUA = (
@@ -92,6 +93,7 @@ REPAIR_LUA = (
     + "}\nlocal final = {"
     + ", ".join("true" if status in FINAL_STATUSES else "false" for status in STATUSES)
     + "}"
+    + POSITION_LUA
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -147,7 +149,7 @@ local function reconcile(id)
     if i ~= position and redis.call('ZREM', KEYS[i], id) == 1 then from = names[i] end
   end
   if not from and final[position] and not recent(job) then return end
-  redis.call('ZADD', KEYS[position], string.format('%.0f', now), id)
+  redis.call('ZADD', KEYS[position], string.format('%.0f', next_position(KEYS[#names + 4])), id)
   redis.call('HINCRBY', KEYS[#names + 1], (from or 'new') .. ':' .. names[position], 1)
   if from then moved = moved + 1 else added = added + 1 end
 end
@@ -258,7 +260,7 @@ def repair_pass(
         while True:
             call_started = time.perf_counter()
             reply = script(
-                keys=[*index_keys, source.key],
+                keys=[*index_keys, source.key, keys.clock_key()],
                 args=[
                     Job.redis_job_namespace_prefix,
                     index.retention_seconds,

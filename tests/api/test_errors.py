@@ -99,7 +99,7 @@ def test_unknown_path_is_404_json(client: FlaskClient, method: str, path: str) -
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("GET", JOBS_STATUS, "POST"),
+        ("PUT", JOBS_STATUS, "POST"),
         ("DELETE", JOBS, "POST"),
         ("GET", JOBS, "POST"),
         ("PUT", JOB_STATUS, "POST"),

@@ -204,7 +204,7 @@ def call_raw(app: Flask, path: str, **headers: str) -> tuple[int, dict[str, str]
     [
         "//v1//toolkit//authenticate",
         "/v1//toolkit/authenticate",
-        "//v1/toolkit/jobs/status",
+        "//v1/toolkit/jobs",
         "/v1/toolkit/authenticate/",
         "///",
     ],
@@ -213,10 +213,10 @@ def test_repeated_slashes_are_a_json_404_not_a_redirect(app: Flask, path: str) -
     """A path with repeated or trailing slashes is never redirected: a JSON 4xx.
 
     Inner repeated slashes match no route (404); Werkzeug reads leading ones as one, so
-    `//v1/toolkit/jobs/status` is that route, to which GET is a 405.
+    `//v1/toolkit/jobs` is that route, to which GET is a 405.
     """
     code, headers, body = call_raw(app, path, **AUTH)
-    assert code == (405 if path == "//v1/toolkit/jobs/status" else 404)
+    assert code == (405 if path == "//v1/toolkit/jobs" else 404)
     assert "Location" not in headers
     assert headers["Content-Type"] == "application/json"
     assert orjson.loads(body)["code"] == code

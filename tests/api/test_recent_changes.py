@@ -257,7 +257,7 @@ def test_a_window_larger_than_a_batch_is_streamed_whole(
     assert "Content-Length" not in resp.headers
     assert resp.headers["X-Request-ID"]
     body = assert_envelope(resp, 200)
-    assert tuple(body) == ENVELOPE_FIELDS
+    assert tuple(body) == (*ENVELOPE_FIELDS, "server_time", "next_cursor")
     assert body["response"] == expected
     assert body["id"] == "big"
     assert body["message"] == "success"

@@ -11,7 +11,7 @@ from rq.job import JobStatus
 
 from shared import keys
 from shared.exceptions import IndexNotFoundError
-from shared.index import FINAL_STATUSES, TRIM_BATCH, StatusIndex, window_start
+from shared.index import FINAL_STATUSES, TRIM_BATCH, StatusIndex, fence_of, window_start
 from shared.redis import MICROS, time_micros
 from shared.status import Status
 from tests.helpers import record
@@ -74,6 +74,7 @@ def test_window_lower_bound_is_inclusive_to_the_microsecond(
 ) -> None:
     """An entry scored exactly now - since_seconds is in the window; one µs earlier is not."""
     fake.zadd(DONE, {"at-bound": LOW_US, "before-bound": LOW_US - 1, "now": NOW_US})
+    fake.set(keys.clock_key(), NOW_US)  # as recording "now" left it
     fake.zadd(keys.status_index_key(Status.QUEUED), {"just-inside": LOW_US + 1})
     assert window(fake_index, SINCE) == {"at-bound", "now", "just-inside"}
 
@@ -95,12 +96,50 @@ def test_window_without_the_marker_says_the_directory_is_missing(
         StatusIndex(fake, RETENTION).window_ids(SINCE, "default")
 
 
-def test_window_includes_entries_scored_after_now(
+def test_window_includes_entries_placed_after_now(
     fake: fakeredis.FakeRedis, fake_index: StatusIndex
 ) -> None:
-    """A window has no upper bound: an entry scored after Redis time (clock step) is listed."""
-    fake.zadd(DONE, {"later": NOW_US + 5_000_000})
+    """An entry placed after Redis time (the clock stepped back since) is read: up to the index
+    clock; one above the clock was never placed by a record and is not."""
+    fake.zadd(DONE, {"later": NOW_US + 5_000_000, "stray": NOW_US + 5_000_001})
+    fake.set(keys.clock_key(), NOW_US + 5_000_000)
     assert window(fake_index, 0) == {"later"}
+
+
+def test_window_stops_one_microsecond_before_now_on_a_clock_behind() -> None:
+    """The fence is now - 1 µs while the clock lags (a change in this µs is still to come), else
+    the clock: every change recorded after the read lies above it."""
+    assert fence_of(NOW_US, None) == NOW_US - 1
+    assert fence_of(NOW_US, b"17") == NOW_US - 1
+    assert fence_of(NOW_US, str(NOW_US - 1).encode()) == NOW_US - 1
+    assert fence_of(NOW_US, str(NOW_US).encode()) == NOW_US
+    assert fence_of(NOW_US, str(NOW_US + 9).encode()) == NOW_US + 9
+
+
+def test_changes_in_one_microsecond_get_positions_one_apart(
+    fake: fakeredis.FakeRedis, fake_index: StatusIndex
+) -> None:
+    """Three records at one frozen Redis time are placed at now, now + 1 and now + 2, and the
+    index clock keeps the latest."""
+    for job_id in ("a", "b", "c"):
+        record(fake_index, job_id, JobStatus.QUEUED)
+    queued = keys.status_index_key(Status.QUEUED)
+    assert fake.zrange(queued, 0, -1, withscores=True) == [
+        (b"a", NOW_US),
+        (b"b", NOW_US + 1),
+        (b"c", NOW_US + 2),
+    ]
+    assert int(fake.get(keys.clock_key()) or 0) == NOW_US + 2
+
+
+def test_a_clock_step_back_places_changes_after_the_latest(
+    fake: fakeredis.FakeRedis, fake_index: StatusIndex
+) -> None:
+    """With the index clock ahead of Redis time, a record is placed 1 µs after the clock."""
+    fake.set(keys.clock_key(), NOW_US + 1_000_000)
+    record(fake_index, "job-1", JobStatus.FINISHED)
+    assert fake.zscore(DONE, "job-1") == NOW_US + 1_000_001
+    assert int(fake.get(keys.clock_key()) or 0) == NOW_US + 1_000_001
 
 
 def test_window_pairs_each_status_with_its_own_set(
@@ -109,6 +148,7 @@ def test_window_pairs_each_status_with_its_own_set(
     """window_ids returns the five statuses in order, each with the ids of its own set only."""
     for status in Status:
         fake.zadd(keys.status_index_key(status), {f"job-{status.value}": NOW_US})
+    fake.set(keys.clock_key(), NOW_US)
     fake.rpush(keys.rq_queue_key("other"), "a", "b", "c")
     read = fake_index.window_ids(SINCE, "other")
     assert read.ids == [(status, [f"job-{status.value}".encode()]) for status in Status]

@@ -264,6 +264,7 @@ def test_a_queue_read_from_its_tail_misses_nothing_a_worker_pops(
         keys.transitions_key(),
         keys.repairs_key(),
         plain.key,
+        keys.clock_key(),
     ]
 
     def step(cursor: str) -> str:
