@@ -473,15 +473,18 @@ class StatusIndex:
         whole = len(merged) <= scan and all(len(entries) < scan for entries in ranges)
         keep = self.matching([member for _, member, _ in looked], facets) if facets else None
         ids: list[tuple[bytes, Status]] = []
-        end: int | None = None if whole else (looked[-1][0] if looked else None)
-        for i, (position, member, status) in enumerate(looked):
-            if keep is not None and not keep[i]:
-                continue
-            ids.append((member, status))
-            if len(ids) == limit:
-                if i < len(looked) - 1 or not whole:
-                    end = position
-                break
+        consumed = len(looked)
+        for i, (_, member, status) in enumerate(looked):
+            if keep is None or keep[i]:
+                ids.append((member, status))
+                if len(ids) == limit:
+                    consumed = i + 1
+                    break
+        end: int | None = None
+        if consumed < len(looked) or not whole:
+            end = looked[consumed - 1][0]
+            if _shared(end, merged[consumed:], ranges, scan):
+                ids += self._rest_of_position(end, chosen, looked[:consumed], facets)
         return Page(
             ids=ids,
             end=end,
@@ -490,6 +493,33 @@ class StatusIndex:
             start=after,
             counts=_counts(chosen, counted) if counts else None,
         )
+
+    def _rest_of_position(
+        self,
+        position: int,
+        chosen: list[tuple[Status, str]],
+        listed: list[tuple[int, bytes, Status]],
+        facets: Facets,
+    ) -> list[tuple[bytes, Status]]:
+        """Return the entries at `position` a page has not listed yet, so that it ends after
+        the position whole: the next page starts after it."""
+        # Positions are unique since the index clock; entries written before it (an upgraded
+        # index: a repair step scored up to 200 at one time) can share one.
+        seen = {member for at, member, _ in listed if at == position}
+        with self.connection.pipeline(transaction=True) as pipe:
+            for _, key in chosen:
+                pipe.zrangebyscore(key, position, position)
+            replies = pipe.execute()
+        rest = [
+            (member, status)
+            for (status, _), members in zip(chosen, replies, strict=True)
+            for member in members
+            if member not in seen
+        ]
+        if rest and facets:
+            keep = self.matching([member for member, _ in rest], facets)
+            rest = [entry for entry, ok in zip(rest, keep, strict=True) if ok]
+        return rest
 
     def _page_read(
         self,
@@ -534,6 +564,19 @@ class StatusIndex:
                 if count < TRIM_BATCH:
                     break
         return removed
+
+
+def _shared(
+    position: int,
+    unlisted: list[tuple[int, bytes, Status]],
+    ranges: list[list[tuple[bytes, float]]],
+    scan: int,
+) -> bool:
+    """Return whether entries a page did not list may lie at `position`, its last one's."""
+    if unlisted and unlisted[0][0] == position:
+        return True
+    # A set read to its limit may hold more entries at the position of its last one.
+    return any(len(entries) == scan and int(entries[-1][1]) == position for entries in ranges)
 
 
 def _counts(chosen: list[tuple[Status, str]], counted: list[Any]) -> dict[Status, int]:
