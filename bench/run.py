@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import load, memory, peers, query, recording, repair, submission, window
+from bench import load, memory, pages, peers, query, recording, repair, submission, window
 from bench.harness import ROOT, Section, keep_logs, machine, table
 
 SECTIONS: list[tuple[str, Callable[[Path, bool], Section]]] = [
@@ -24,6 +24,7 @@ SECTIONS: list[tuple[str, Callable[[Path, bool], Section]]] = [
     ("peers", peers.run),
     ("load", load.run),
     ("window", window.run),
+    ("pages", pages.run),
 ]
 
 
