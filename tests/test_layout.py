@@ -1,4 +1,5 @@
-"""The layout holds: api/ never imports worker/, no import cycles, a light health probe."""
+"""The layout holds: api/ never imports worker/, the client imports none of the service, no
+import cycles, a light health probe."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-PACKAGES = ("api", "shared", "worker")
+PACKAGES = ("api", "shared", "worker", "toolkit_jobs")
 # The Docker health check runs `python -m api.healthcheck` every 30 s: it needs the settings
 # and http.client, never Flask, RQ or the dashboard.
 MAX_PROBE_MODULES = 150
@@ -29,6 +30,14 @@ def test_no_side_imports_the_other(graph: grimp.ImportGraph, importer: str, impo
     """api/ never reaches worker/, and shared/ reaches neither, directly or through others."""
     chain = graph.find_shortest_chain(importer=importer, imported=imported, as_packages=True)
     assert chain is None, f"{importer} imports {imported}: {' -> '.join(chain or ())}"
+
+
+@pytest.mark.parametrize("imported", ["api", "shared", "worker"])
+def test_the_client_imports_none_of_the_service(graph: grimp.ImportGraph, imported: str) -> None:
+    """toolkit_jobs, the client users import, reaches none of api/, shared/, worker/: it speaks
+    HTTP only."""
+    chain = graph.find_shortest_chain(importer="toolkit_jobs", imported=imported, as_packages=True)
+    assert chain is None, f"toolkit_jobs imports {imported}: {' -> '.join(chain or ())}"
 
 
 def test_no_import_cycles(graph: grimp.ImportGraph) -> None:
