@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +24,21 @@ from shared.status import Status
 MAX_LIMIT = 1_000
 DEFAULT_LIMIT = 100
 QUEUE_NAME_MAX = 200
-# Positions are µs below 2^53 (docs/index-layout.md): `since` beyond that is no moment of ours.
-MAX_SINCE = (2**53 - 1) // MICROS
+# Up to 2^32 s (the year 2106) a double holds every µs, so `server_time` read back as `since`
+# is exactly the position it came from; beyond, it would not be.
+MAX_SINCE = 2**32
 FIELDS = ("since_seconds", "since", "status", "queue", "task", "counts", "limit", "cursor")
 # What a body may hold besides the query: the client's id, which the envelope echoes.
 BODY_ONLY = ("id",)
 CURSOR_VERSION = 1
+# A cursor ends in this many bytes of an HMAC-SHA256 of what it holds, so that a client cannot
+# edit one (say, to list statuses its query did not ask for) and have it taken.
+SIGNATURE_BYTES = 16
+# Longer than any cursor given out: names of 200 and 100 characters, each escaped to 6 bytes.
+MAX_CURSOR = 4096
+# Numbers in a query string: plain decimals, nothing Python's float() or int() would also read.
+DECIMAL_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+INTEGER_RE = re.compile(r"-?[0-9]+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -58,15 +70,23 @@ class FeedQuery:
         return self.statuses if self.statuses is not None else tuple(Status)
 
 
-def from_body(body: Mapping[str, Any], retention_seconds: int) -> FeedQuery:
-    """Return the query of a JSON request body; refuse fields it does not know."""
+def cursor_key(api_key: str) -> bytes:
+    """Return the key cursors are signed with, derived from the service's API key."""
+    return hmac.new(api_key.encode(), b"toolkit-jobs cursor", hashlib.sha256).digest()
+
+
+def from_body(body: Mapping[str, Any], retention_seconds: int, *, key: bytes) -> FeedQuery:
+    """Return the query of a JSON request body; refuse fields it does not know. `key` checks
+    the cursor's signature."""
     unknown = sorted(set(body) - set(FIELDS) - set(BODY_ONLY))
     if unknown:
         raise ApiError(400, f"Unknown field(s): {', '.join(unknown)}; known: {', '.join(FIELDS)}")
-    return _query(body, retention_seconds)
+    return _query(body, retention_seconds, key)
 
 
-def from_query_string(args: Mapping[str, Sequence[str]], retention_seconds: int) -> FeedQuery:
+def from_query_string(
+    args: Mapping[str, Sequence[str]], retention_seconds: int, *, key: bytes
+) -> FeedQuery:
     """Return the query of a query string (`args`: each name's values, in order)."""
     unknown = sorted(set(args) - set(FIELDS))
     if unknown:
@@ -81,7 +101,7 @@ def from_query_string(args: Mapping[str, Sequence[str]], retention_seconds: int)
         if len(values) != 1:
             raise ApiError(400, f"{name} may be given once")
         fields[name] = _typed(name, values[0])
-    return _query(fields, retention_seconds)
+    return _query(fields, retention_seconds, key)
 
 
 def _typed(name: str, raw: str) -> Any:
@@ -92,17 +112,16 @@ def _typed(name: str, raw: str) -> Any:
         if raw.lower() not in flags:
             raise ApiError(400, "counts must be true or false")
         return flags[raw.lower()]
-    try:
-        number = float(raw) if name != "limit" else int(raw)
-    except ValueError:
-        kind = "an integer" if name == "limit" else "a number"
-        raise ApiError(400, f"{name} must be {kind}") from None
-    if isinstance(number, float) and not math.isfinite(number):
-        raise ApiError(400, f"{name} must be a finite number")
-    return number
+    if name == "limit":
+        if not INTEGER_RE.fullmatch(raw):
+            raise ApiError(400, "limit must be an integer")
+        return int(raw)
+    if not DECIMAL_RE.fullmatch(raw):
+        raise ApiError(400, f"{name} must be a number")
+    return float(raw)
 
 
-def _query(fields: Mapping[str, Any], retention_seconds: int) -> FeedQuery:
+def _query(fields: Mapping[str, Any], retention_seconds: int, key: bytes) -> FeedQuery:
     statuses = _statuses(fields["status"]) if "status" in fields else None
     facets = Facets(
         queue=_name(fields, "queue", QUEUE_NAME_MAX), task=_name(fields, "task", TASK_NAME_MAX)
@@ -130,7 +149,7 @@ def _query(fields: Mapping[str, Any], retention_seconds: int) -> FeedQuery:
         raise ApiError(
             400, "A cursor goes on from where the last page ended: send no since or since_seconds"
         )
-    cursor = decode_cursor(fields["cursor"])
+    cursor = decode_cursor(fields["cursor"], key=key)
     if statuses is not None and set(statuses) != set(cursor.statuses or ()):
         raise ApiError(400, "status differs from the cursor's query: leave it out or send it same")
     for name in ("queue", "task"):
@@ -201,37 +220,46 @@ def _since(value: Any) -> int:
 
 def server_time(position: int) -> float:
     """Return a position (µs) as the seconds since the epoch a client sends back as `since`."""
-    # The shortest repr of this double reads back as the same µs: below 2^53 µs, doubles are
+    # The shortest repr of this double reads back as the same µs: below 2^32 s, doubles are
     # finer than a µs, so round(since * MICROS) recovers the position exactly.
     return position / MICROS
 
 
-def encode_cursor(after: int, query: FeedQuery, start: int) -> str:
-    """Return the opaque cursor that goes on after position `after` with `query`'s filters."""
+def encode_cursor(after: int, query: FeedQuery, start: int, *, key: bytes) -> str:
+    """Return the opaque cursor that goes on after position `after` with `query`'s filters,
+    signed with `key`."""
     statuses = [s.value for s in query.statuses] if query.statuses is not None else None
     fields = [CURSOR_VERSION, after, start, statuses, query.facets.queue, query.facets.task]
     raw = json.dumps(fields, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return base64.urlsafe_b64encode(raw + _signature(raw, key)).rstrip(b"=").decode()
 
 
-def decode_cursor(value: Any) -> Cursor:
-    """Return the cursor `value` holds; refuse one this service did not give out."""
+def _signature(raw: bytes, key: bytes) -> bytes:
+    return hmac.new(key, raw, hashlib.sha256).digest()[:SIGNATURE_BYTES]
+
+
+def decode_cursor(value: Any, *, key: bytes) -> Cursor:
+    """Return the cursor `value` holds; refuse one this service (signing with `key`) did not
+    give out."""
     if not isinstance(value, str):
         raise ApiError(400, f"cursor must be a string, not {json_type(value)}")
     refused = ApiError(
         400, "cursor is not one this service gave out: send a next_cursor as it came"
     )
-    if len(value) > 2 * (QUEUE_NAME_MAX + TASK_NAME_MAX) + 300:
+    if len(value) > MAX_CURSOR:
         raise refused
     try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        signed = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        raw, signature = signed[:-SIGNATURE_BYTES], signed[-SIGNATURE_BYTES:]
+        if not hmac.compare_digest(signature, _signature(raw, key)):
+            raise refused
         version, after, start, statuses, queue, task = json.loads(raw)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise refused from None
     positions_ok = all(
         isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**53 for n in (after, start)
     )
-    if version != CURSOR_VERSION or not positions_ok or start > after:
+    if type(version) is not int or version != CURSOR_VERSION or not positions_ok or start > after:
         raise refused
     try:
         chosen = _statuses(statuses) if statuses is not None else None

@@ -34,7 +34,8 @@ bp.before_request(require_api_key)
 def jobs_status() -> Response:
     """Return {job_id: status} for every job whose latest change lies in the query's window (the
     last since_seconds by default): filtered, counted and in pages as the body asks."""
-    query = feed.from_body(request_body(), services().settings.retention_seconds)
+    settings = services().settings
+    query = feed.from_body(request_body(), settings.retention_seconds, key=_cursor_key())
     return _changes(query)
 
 
@@ -42,7 +43,12 @@ def jobs_status() -> Response:
 def jobs_status_get() -> Response:
     """Answer the queries POST answers, from the query string (`?status=failed&limit=50`)."""
     args = {name: request.args.getlist(name) for name in request.args}
-    return _changes(feed.from_query_string(args, services().settings.retention_seconds))
+    retention = services().settings.retention_seconds
+    return _changes(feed.from_query_string(args, retention, key=_cursor_key()))
+
+
+def _cursor_key() -> bytes:
+    return feed.cursor_key(services().settings.require_api_key())
 
 
 def _changes(query: feed.FeedQuery) -> Response:
@@ -58,7 +64,11 @@ def _changes(query: feed.FeedQuery) -> Response:
             counted_from=query.cursor.start if query.cursor is not None else None,
         )
         start = query.cursor.start if query.cursor is not None else page.start
-        following = None if page.end is None else feed.encode_cursor(page.end, query, start)
+        following = (
+            None
+            if page.end is None
+            else feed.encode_cursor(page.end, query, start, key=_cursor_key())
+        )
         return reply(
             200,
             "success",

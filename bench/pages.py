@@ -17,6 +17,7 @@ from shared.redis import redis_time_micros
 from shared.settings import Settings
 from shared.status import Status
 from shared.wiring import build_services
+from tests.helpers import API_KEY
 
 FULL_SIZES = [10_000, 1_000_000]
 SMOKE_SIZES = [1_000, 10_000]
@@ -78,7 +79,7 @@ def _measure(
 ) -> dict[str, Any]:
     after = position - 1
     query = feed.FeedQuery(Start(after=after), None, Facets(), False, PAGE, None)
-    cursor = feed.encode_cursor(after, query, after)
+    cursor = feed.encode_cursor(after, query, after, key=feed.cursor_key(API_KEY))
 
     def page() -> None:
         assert len(index.page(Start(after=after), "default", PAGE).ids) == PAGE
