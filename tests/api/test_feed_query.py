@@ -474,3 +474,77 @@ def test_server_time_sent_back_as_since_starts_just_after_it(position: int) -> N
     since = json.loads(json.dumps({"since": feed.server_time(position)}))["since"]
     assert from_body(since=since).start == Start(after=position)
     assert round(since * MICROS) == position
+
+
+def test_a_cursor_whose_payload_was_edited_under_its_own_signature_is_a_400() -> None:
+    """The signature covers what the cursor holds: the service's own signature kept under an
+    edited payload (another status set) is refused."""
+    given_out = cursor_of(statuses=(Status.FAILED,))
+    signed = base64.urlsafe_b64decode(given_out + "=" * (-len(given_out) % 4))
+    payload, signature = signed[: -feed.SIGNATURE_BYTES], signed[-feed.SIGNATURE_BYTES :]
+    edited = payload.replace(b'["failed"]', b"null")
+    assert edited != payload
+    forged = base64.urlsafe_b64encode(edited + signature).rstrip(b"=").decode()
+    refusal(lambda: feed.decode_cursor(forged, key=KEY))
+
+
+def test_cursors_are_signed_per_api_key() -> None:
+    """A cursor given out under one API key is refused under another."""
+    cursor = cursor_of()
+    assert feed.decode_cursor(cursor, key=KEY).after == 2_000
+    other = feed.cursor_key("another-api-key")
+    assert other != KEY
+    refusal(lambda: feed.decode_cursor(cursor, key=other))
+
+
+EXACT_REFUSALS: dict[str, tuple[Callable[[], object], str]] = {
+    "counts-string": (
+        lambda: from_body(counts="yes"),
+        "counts must be true or false, not a string",
+    ),
+    "counts-query": (lambda: from_args(counts=["maybe"]), "counts must be true or false"),
+    "counts-with-queue": (
+        lambda: from_body(counts=True, queue="q"),
+        "counts cannot be combined with queue or task: counts are counted per status set, "
+        "without listing jobs",
+    ),
+    "limit-query": (lambda: from_args(limit=["ten"]), "limit must be an integer"),
+    "limit-string": (lambda: from_body(limit="10"), "limit must be an integer, not a string"),
+    "status-empty": (lambda: from_body(status=[]), "status must name at least one status"),
+    "status-number": (
+        lambda: from_body(status=[3]),
+        "status must be a status or a list of them, not a number",
+    ),
+    "status-long": (
+        lambda: from_body(status="x" * 50),
+        f"Unknown status {'x' * 40!r}; known: queued, running, done, failed, canceled",
+    ),
+    "queue-number": (lambda: from_body(queue=5), "queue must be a string, not a number"),
+    "since-string": (
+        lambda: from_body(since="yesterday"),
+        "since must be a number of seconds since the epoch, not a string",
+    ),
+    "cursor-number": (lambda: from_body(cursor=7), "cursor must be a string, not a number"),
+    "unknown-fields": (
+        lambda: from_body(sinse=1, filter="x"),
+        "Unknown field(s): filter, sinse; known: since_seconds, since, status, queue, task, "
+        "counts, limit, cursor",
+    ),
+    "unknown-parameters": (
+        lambda: from_args(sinse=["1"], filter=["x"]),
+        "Unknown parameter(s): filter, sinse; known: since_seconds, since, status, queue, task, "
+        "counts, limit, cursor",
+    ),
+    "a-bad-parameter-after-status": (
+        lambda: from_args(status=["failed"], limit=["x"]),
+        "limit must be an integer",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", EXACT_REFUSALS.values(), ids=list(EXACT_REFUSALS.keys()))
+def test_each_refusal_says_exactly_what_is_wrong(case: tuple[Callable[[], object], str]) -> None:
+    """A refusal's message names the field, what it must be and what came instead, word for
+    word; every query-string parameter is checked, those after `status` too."""
+    read, message = case
+    assert refusal(read) == message
