@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 from redis.exceptions import RedisError
 
-from api import actions, auth, health_endpoint, jobs, metrics
+from api import actions, auth, health_endpoint, jobs, metrics, openapi
 from api.access import finish_request, start_request
 from api.context import EXTENSION
 from api.dashboard import app as dashboard
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     dashboard.mount(app, svc)
     app.after_request(finish_request)
     register_error_handlers(app)

@@ -36,7 +36,21 @@ def encode(obj: Any) -> bytes:
         return orjson.dumps(obj)
     except orjson.JSONEncodeError as exc:
         logger.debug("orjson could not encode the response (%s); using json", exc)
-        return json.dumps(obj, separators=(",", ":"), default=str).encode()
+    # The stdlib cannot read an orjson.Fragment (a window's statuses, joined as JSON already):
+    # a random string stands for each, and its bytes take the string's place after.
+    fragments: dict[bytes, bytes] = {}
+
+    def default(value: Any) -> Any:
+        if isinstance(value, orjson.Fragment):
+            token = uuid.uuid4().hex
+            fragments[b'"' + token.encode() + b'"'] = orjson.dumps(value)
+            return token
+        return str(value)
+
+    text = json.dumps(obj, separators=(",", ":"), default=default).encode()
+    for token, raw in fragments.items():
+        text = text.replace(token, raw, 1)
+    return text
 
 
 # The bytes JSON can carry between quotes as they are (RQ's job id alphabet).

@@ -25,7 +25,7 @@ from tests.helpers import (
     submit,
 )
 
-OPEN_ROUTES = {"/health"}
+OPEN_ROUTES = {"/health", "/openapi.json", "/docs/", "/docs/<path:path>"}
 # Without DASHBOARD_PASSWORD these only ever answer 403 (tests/api/test_dashboard.py); with
 # it, the dashboard is a separate app behind HTTP Basic, outside this URL map.
 DASHBOARD_REFUSALS = {"/dashboard", "/dashboard/", "/dashboard/<path:rest>"}

@@ -50,3 +50,10 @@ def test_ids_that_need_escaping_take_the_ordinary_path(odd: bytes) -> None:
 def test_integers_beyond_64_bits_fall_back_to_the_stdlib() -> None:
     """A result orjson cannot encode (a 100-digit integer) is still encoded, exactly."""
     assert json.loads(encode({"result": 10**100})) == {"result": 10**100}
+
+
+def test_a_window_beside_an_id_orjson_cannot_encode_keeps_its_statuses() -> None:
+    """An `id` beyond 64 bits sends the envelope to the standard library's encoder: the window's
+    statuses, joined as JSON already, are spliced in as they are, not written as a string."""
+    body = {"id": 2**70, "response": statuses_json([(Status.DONE, [b"a1"])])}
+    assert encode(body) == b'{"id":1180591620717411303424,"response":{"a1":"done"}}'
