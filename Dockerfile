@@ -19,6 +19,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
+COPY toolkit_jobs ./toolkit_jobs
 RUN pip install --no-cache-dir -c constraints.txt .
 
 # gunicorn reads its settings from ./gunicorn.conf.py in the working directory.

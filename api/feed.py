@@ -198,6 +198,9 @@ def _name(fields: Mapping[str, Any], name: str, longest: int) -> str | None:
 
 
 def _limit(value: Any) -> int:
+    # A whole float is an integer to JSON Schema, and some clients' serializers write 10.0.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, f"limit must be an integer, not {json_type(value)}")
     if not 1 <= value <= MAX_LIMIT:
