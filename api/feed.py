@@ -37,8 +37,9 @@ SIGNATURE_BYTES = 16
 # Longer than any cursor given out: names of 200 and 100 characters, each escaped to 6 bytes.
 MAX_CURSOR = 4096
 # Numbers in a query string: plain decimals, nothing Python's float() or int() would also read.
-DECIMAL_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
-INTEGER_RE = re.compile(r"-?[0-9]+", re.ASCII)
+# Bounded, so that no parameter makes int() or float() work on thousands of digits.
+DECIMAL_RE = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,15})?", re.ASCII)
+INTEGER_RE = re.compile(r"-?[0-9]{1,15}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _query(fields: Mapping[str, Any], retention_seconds: int, key: bytes) -> Fee
             400, "A cursor goes on from where the last page ended: send no since or since_seconds"
         )
     cursor = decode_cursor(fields["cursor"], key=key)
-    if statuses is not None and set(statuses) != set(cursor.statuses or ()):
+    if statuses is not None and set(statuses) != set(cursor.statuses or Status):
         raise ApiError(400, "status differs from the cursor's query: leave it out or send it same")
     for name in ("queue", "task"):
         if name in fields and getattr(facets, name) != getattr(cursor.facets, name):

@@ -312,8 +312,8 @@ def changes_fields(settings: Settings) -> dict[str, Schema]:
             "minimum": 1,
             "maximum": feed.MAX_LIMIT,
             "description": "Answer in pages of at most this many jobs, oldest change first "
-            f"({feed.DEFAULT_LIMIT} when `cursor` is sent without it). Written as an integer: "
-            "`10.0` is a 400.",
+            f"({feed.DEFAULT_LIMIT} when `cursor` is sent without it). In a body a whole "
+            "number written `10.0` is that integer; in a query string, digits only.",
         },
         "cursor": {
             "type": "string",

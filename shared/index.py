@@ -148,6 +148,28 @@ end
 return replies
 """
 
+# Open a read of the index: return {Redis time (µs), whether the index marker KEYS[1] exists,
+# the length of the queue list KEYS[2], the read's fence}. The fence is the later of Redis time
+# - 1 µs and the index clock KEYS[3]; when it is the former, it becomes the clock. So every
+# entry recorded before the read lies at or before the fence and every change recorded after it
+# lies above it, even should Redis's clock step back in between (POSITION_LUA places a change
+# after the clock). Numbers go back as strings: Lua would cut a reply number to an integer
+# anyway, but a string says so.
+FENCE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local marker = redis.call('EXISTS', KEYS[1])
+local length = redis.call('LLEN', KEYS[2])
+local clock = tonumber(redis.call('GET', KEYS[3]) or '0')
+local fence = now - 1
+if clock >= fence then
+  fence = clock
+elseif marker == 1 then
+  redis.call('SET', KEYS[3], string.format('%.0f', fence))
+end
+return {string.format('%.0f', now), marker, length, string.format('%.0f', fence)}
+"""
+
 _INDEX_KEYS = keys.status_index_keys()
 
 
@@ -309,21 +331,29 @@ class StatusIndex:
         self.retention_seconds = retention_seconds
         self._trim = connection.register_script(TRIM_LUA)
         self._first_read = connection.register_script(FIRST_READ_LUA)
+        self._fence = connection.register_script(FENCE_LUA)
         self._index_keys = keys.status_index_keys()
 
     def _open(self, queue_name: str) -> tuple[int, int, int]:
         """Return the Redis time of the read, its fence and the queue length; raise if there is
         no index here."""
-        with self.connection.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.exists(keys.marker_key())
-            pipe.llen(keys.rq_queue_key(queue_name))
-            pipe.get(keys.clock_key())
-            now_reply, marker, queue_length, clock = pipe.execute()
+        keys_ = [keys.marker_key(), keys.rq_queue_key(queue_name), keys.clock_key()]
+        try:
+            now, marker, queue_length, fence = (int(v) for v in self._fence(keys=keys_))
+        except OutOfMemoryError:
+            # Over maxmemory the clock cannot be raised: the same reads, the fence unrecorded
+            # (then only a Redis clock stepping back before it could place a change below it).
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.exists(keys_[0])
+                pipe.llen(keys_[1])
+                pipe.get(keys_[2])
+                now_reply, marker, queue_length, clock = pipe.execute()
+            now = time_micros(now_reply)
+            fence = fence_of(now, clock)
         if not marker:
             raise IndexNotFoundError("Jobs directory not found")
-        now = time_micros(now_reply)
-        return now, fence_of(now, clock), int(queue_length)
+        return now, fence, int(queue_length)
 
     def window(
         self,
@@ -458,8 +488,8 @@ class StatusIndex:
         try:
             replies = self._page_read(chosen, after, fence, scan, counts_from, transaction=True)
         except OutOfMemoryError:
-            # Over maxmemory Redis refuses a MULTI even of reads; but then it refuses every
-            # change too, so the same reads one after the other see one state all the same.
+            # Over maxmemory Redis refuses a MULTI even of reads. The same reads one after the
+            # other are just as right: an entry that moves between them moves above the fence.
             replies = self._page_read(chosen, after, fence, scan, counts_from, transaction=False)
         ranges, counted = replies[: len(chosen)], replies[len(chosen) :]
         # The `scan` lowest entries of all the sets are among the `scan` lowest of each.
@@ -506,10 +536,12 @@ class StatusIndex:
         # Positions are unique since the index clock; entries written before it (an upgraded
         # index: a repair step scored up to 200 at one time) can share one.
         seen = {member for at, member, _ in listed if at == position}
-        with self.connection.pipeline(transaction=True) as pipe:
-            for _, key in chosen:
-                pipe.zrangebyscore(key, position, position)
-            replies = pipe.execute()
+        try:
+            replies = self._at(chosen, position, transaction=True)
+        except OutOfMemoryError:
+            # No change is ever placed at an old position: read one after the other, the sets
+            # still hold the same entries there.
+            replies = self._at(chosen, position, transaction=False)
         rest = [
             (member, status)
             for (status, _), members in zip(chosen, replies, strict=True)
@@ -520,6 +552,15 @@ class StatusIndex:
             keep = self.matching([member for member, _ in rest], facets)
             rest = [entry for entry, ok in zip(rest, keep, strict=True) if ok]
         return rest
+
+    def _at(
+        self, chosen: list[tuple[Status, str]], position: int, *, transaction: bool
+    ) -> list[list[bytes]]:
+        with self.connection.pipeline(transaction=transaction) as pipe:
+            for _, key in chosen:
+                pipe.zrangebyscore(key, position, position)
+            replies: list[list[bytes]] = pipe.execute()
+            return replies
 
     def _page_read(
         self,

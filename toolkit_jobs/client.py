@@ -261,10 +261,14 @@ class Client:
         named = job_id is not None or idempotency_key is not None
         answer, envelope = self._post(JOBS, body, headers=headers, retry_unavailable=named)
         response = _object(envelope.get("response"), "response")
+        job_id = response.get("job_id") or envelope.get("job_id")
+        status = response.get("job_status", Status.QUEUED)
+        if not isinstance(job_id, str) or status not in set(Status):
+            raise ProtocolError("the answer to a submission names no job id and status")
         return Submitted(
-            job_id=str(response.get("job_id") or envelope.get("job_id")),
+            job_id=job_id,
             task=response.get("task"),
-            status=Status(response.get("job_status", Status.QUEUED)),
+            status=Status(status),
             queue_length=_optional_int(envelope.get("queue_length")),
             location=answer.headers.get("Location"),
             replayed=answer.headers.get("Idempotent-Replayed", "").lower() == "true",
@@ -294,12 +298,14 @@ class Client:
 
     def cancel(self, job_id: str) -> JobInfo:
         """Cancel a waiting job or stop a running one; return its status after the request."""
-        _, envelope = self._post(JOB_CANCEL, {"job_id": job_id})
+        # Not sent again after a 503: the cancel may have gone through (Redis answered late).
+        _, envelope = self._post(JOB_CANCEL, {"job_id": job_id}, retry_unavailable=False)
         return job_info(_object(envelope.get("response"), "response"))
 
     def retry(self, job_id: str) -> JobInfo:
         """Queue a failed or canceled job again under the same id; return its status."""
-        _, envelope = self._post(JOB_RETRY, {"job_id": job_id})
+        # Not sent again after a 503: the retry may have gone through, and would run it twice.
+        _, envelope = self._post(JOB_RETRY, {"job_id": job_id}, retry_unavailable=False)
         return job_info(_object(envelope.get("response"), "response"))
 
     # --- the change feed (docs/changes-feed.md) ---
@@ -451,7 +457,14 @@ class Client:
 
 
 def job_info(described: dict[str, Any]) -> JobInfo:
-    """Return the JobInfo of a job description of the API."""
+    """Return the JobInfo of a job description of the API; ProtocolError if it is none."""
+    try:
+        return _job_info(described)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ProtocolError(f"the answer is not a job description ({exc!r})") from None
+
+
+def _job_info(described: dict[str, Any]) -> JobInfo:
     webhook = described.get("webhook")
     progress = described.get("progress")
     return JobInfo(
@@ -471,7 +484,14 @@ def job_info(described: dict[str, Any]) -> JobInfo:
 
 
 def page(envelope: dict[str, Any]) -> Page:
-    """Return the Page of a change-feed envelope."""
+    """Return the Page of a change-feed envelope; ProtocolError if it is none."""
+    try:
+        return _page(envelope)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise ProtocolError(f"the answer is not a page of changes ({exc!r})") from None
+
+
+def _page(envelope: dict[str, Any]) -> Page:
     server_time = envelope.get("server_time")
     if not isinstance(server_time, int | float):
         raise ProtocolError("the answer has no server_time: the server predates the change feed")

@@ -553,3 +553,16 @@ def test_a_whole_float_limit_is_that_integer() -> None:
     """`limit: 10.0` (an integer to JSON Schema; some serializers write it so) is 10."""
     assert from_body(limit=10.0).limit == 10
     assert refusal(lambda: from_body(limit=1e4)) == "limit must be between 1 and 1000"
+
+
+def test_every_status_sent_again_with_an_unfiltered_cursor_is_the_same_query() -> None:
+    """A cursor of no status filter goes on with all five statuses named: the same query."""
+    cursor = cursor_of(statuses=None)
+    assert from_body(cursor=cursor, status=[s.value for s in Status]).cursor is not None
+    refusal(lambda: from_body(cursor=cursor, status=["done"]))
+
+
+def test_a_query_string_number_of_thousands_of_digits_is_a_400() -> None:
+    """A limit or since of 5,000 digits is refused before int() or float() reads it."""
+    assert refusal(lambda: from_args(limit=["9" * 5000])) == "limit must be an integer"
+    assert refusal(lambda: from_args(since=["9" * 5000])) == "since must be a number"

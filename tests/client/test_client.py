@@ -17,6 +17,7 @@ from tests.helpers import (
     JOB_STATUS,
     RedisServer,
     free_port,
+    plain_id,
     running,
     service_env,
     start_api,
@@ -27,6 +28,7 @@ from toolkit_jobs import (
     Client,
     ConflictError,
     NotFoundError,
+    ProtocolError,
     QueueFullError,
     ServerError,
     Status,
@@ -334,3 +336,55 @@ def test_only_a_named_submission_is_sent_again_after_a_503(
         toolkit.submit("echo", {}, **named)
     assert len(requests) == sent
     assert pauses == [1.0] * (sent - 1)
+
+
+@pytest.mark.parametrize(
+    "path", [JOB_STATUS, "/v1/toolkit/job/cancel", "/v1/toolkit/job/retry"], ids=plain_id
+)
+def test_a_503_to_a_job_action_is_not_sent_again(path: str) -> None:
+    """A cancel, retry or status answered 503 raises at once for an action (it may have gone
+    through); only the status read, which changes nothing, is asked again."""
+    requests: list[httpx.Request] = []
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        body = json.dumps({"code": 503, "message": "Failed: Redis unavailable"})
+        return httpx.Response(503, content=body.encode(), headers={"Retry-After": "1"})
+
+    transport = httpx.MockTransport(unavailable)
+    with (
+        Client(
+            "http://service", API_KEY, max_retries=2, transport=transport, sleep=lambda _: None
+        ) as toolkit,
+        pytest.raises(ServerError),
+    ):
+        {
+            JOB_STATUS: toolkit.status,
+            "/v1/toolkit/job/cancel": toolkit.cancel,
+            "/v1/toolkit/job/retry": toolkit.retry,
+        }[path]("job-1")
+    assert len(requests) == (3 if path == JOB_STATUS else 1)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {"job_id": "a", "job_status": "exploded"},
+        {"job_status": "done"},
+        "not an object",
+    ],
+    ids=["unknown-status", "no-job-id", "not-an-object"],
+)
+def test_an_answer_that_is_no_job_description_is_a_protocol_error(response: object) -> None:
+    """A 200 whose `response` is not a job description raises ProtocolError, not a KeyError
+    or ValueError."""
+
+    def odd(request: httpx.Request) -> httpx.Response:
+        body = json.dumps({"code": 200, "message": "success", "response": response})
+        return httpx.Response(200, content=body.encode())
+
+    with (
+        Client("http://service", API_KEY, transport=httpx.MockTransport(odd)) as toolkit,
+        pytest.raises(ProtocolError),
+    ):
+        toolkit.status("a")

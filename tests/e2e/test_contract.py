@@ -214,7 +214,7 @@ def _cut_wait(part: dict[str, Any]) -> None:
 def _fit_changes_query(part: dict[str, Any], *, query: bool) -> None:
     limit = part.get("limit")
     if isinstance(limit, float) and limit.is_integer():
-        # JSON Schema's integers include 10.0; the service takes only 10 (docs/openapi.md).
+        # JSON Schema's integers include 10.0; a query string takes digits only (docs/openapi.md).
         part["limit"] = int(limit)
     if isinstance(part.get("cursor"), str):
         del part["cursor"]

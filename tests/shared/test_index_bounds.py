@@ -11,7 +11,7 @@ from rq.job import JobStatus
 
 from shared import keys
 from shared.exceptions import IndexNotFoundError
-from shared.index import FINAL_STATUSES, TRIM_BATCH, StatusIndex, fence_of, window_start
+from shared.index import FINAL_STATUSES, TRIM_BATCH, Start, StatusIndex, fence_of, window_start
 from shared.redis import MICROS, time_micros
 from shared.status import Status
 from tests.helpers import record
@@ -217,3 +217,35 @@ def test_trim_expired_runs_a_hundred_batches_per_set_by_default(
     final_keys = {(keys.status_index_key(status),) for status in FINAL_STATUSES}
     assert {tuple(k) for k, _ in trim.calls} == final_keys
     assert all(args == [RETENTION, TRIM_BATCH] for _, args in trim.calls)
+
+
+def test_a_read_raises_the_clock_to_its_fence(
+    fake: fakeredis.FakeRedis, fake_index: StatusIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read records its fence as the index clock: a change recorded after Redis's clock
+    stepped back still lands above the fence, so `since` = server_time misses nothing."""
+    fake.set(keys.clock_key(), NOW_US - 10 * MICROS)
+    assert fake_index.window(SINCE, "default").fence == NOW_US - 1
+    assert int(fake.get(keys.clock_key()) or 0) == NOW_US - 1
+
+    class SteppedBack:
+        """Redis's clock, five seconds behind the read's."""
+
+        @staticmethod
+        def time() -> float:
+            """Return NOW_US less five seconds."""
+            return (NOW_US - 5 * MICROS) / MICROS
+
+    monkeypatch.setattr(server_mixin, "time", SteppedBack)
+    record(fake_index, "late", JobStatus.FINISHED)
+    assert fake.zscore(DONE, "late") == NOW_US
+    assert fake_index.window(0, "default", after=NOW_US - 1).ids[2] == (Status.DONE, [b"late"])
+
+
+def test_a_read_keeps_a_clock_ahead_of_redis_time(
+    fake: fakeredis.FakeRedis, fake_index: StatusIndex
+) -> None:
+    """A clock ahead of Redis time is the fence as it is, and a read leaves it alone."""
+    fake.set(keys.clock_key(), NOW_US + 7)
+    assert fake_index.page(Start(seconds=SINCE), "default", 5).fence == NOW_US + 7
+    assert int(fake.get(keys.clock_key()) or 0) == NOW_US + 7

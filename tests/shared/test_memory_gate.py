@@ -9,8 +9,9 @@ import redis
 from rq.job import Job, JobStatus
 
 from shared import keys
-from shared.index import StatusIndex, parse_transitions
+from shared.index import Facets, Start, StatusIndex, parse_transitions
 from shared.queue import MemoryBudget, MemoryFullError, QueueFullError, TrackedQueue
+from shared.redis import redis_time_micros
 from shared.status import Status
 from tests.helpers import BUDGET, RESULT_BYTES, index_view, queue_length, record, room_for
 
@@ -154,6 +155,41 @@ def test_a_full_redis_still_answers_windows(conn: redis.Redis, index: StatusInde
         assert not streamed.complete
         assert sorted(m for batch in streamed.rest for _, ms in batch for m in ms) == sorted(
             m for _, ms in before.ids for m in ms
+        )
+    finally:
+        conn.config_set("maxmemory", 0)
+
+
+def test_a_full_redis_still_answers_pages(conn: redis.Redis, index: StatusIndex) -> None:
+    """Over maxmemory a page is read all the same, counts, filters and a position several old
+    entries share included; the fence is then not recorded, and the clock stays put."""
+    for n in range(6):
+        record(index, f"job-{n}", JobStatus.FINISHED)
+    # Three entries at one score, as a repair step wrote them before the index clock.
+    shared_score = redis_time_micros(conn) - 1_000_000
+    conn.zadd(
+        keys.status_index_key(Status.FAILED),
+        dict.fromkeys(("old-a", "old-b", "old-c"), shared_score),
+    )
+    clock = conn.get(keys.clock_key())
+    conn.config_set("maxmemory", 1)
+    try:
+        first = index.page(Start(seconds=600), "default", 2, counts=True)
+        assert conn.get(keys.clock_key()) == clock
+        assert [m for m, _ in first.ids] == [b"old-a", b"old-b", b"old-c"]
+        assert first.counts == {
+            Status.QUEUED: 0,
+            Status.RUNNING: 0,
+            Status.DONE: 6,
+            Status.FAILED: 3,
+            Status.CANCELED: 0,
+        }
+        assert first.end == shared_score
+        rest = index.page(Start(after=first.end), "default", 10)
+        assert [m for m, _ in rest.ids] == [f"job-{n}".encode() for n in range(6)]
+        assert rest.end is None
+        assert (
+            index.page(Start(seconds=600), "default", 5, facets=Facets(queue="default")).ids == []
         )
     finally:
         conn.config_set("maxmemory", 0)
