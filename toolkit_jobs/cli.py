@@ -324,7 +324,16 @@ def run_status(client: Client, args: argparse.Namespace) -> int:
 
 def run_watch(client: Client, args: argparse.Namespace) -> int:
     """Follow the changes until interrupted: a live table on a terminal, else lines."""
-    pages = client.pages(**_query(args), limit=args.limit, follow=True, interval=args.interval)
+    def retrying(error: ToolkitError) -> None:
+        sys.stderr.write(f"toolkit-jobs: {error}; asking again in {args.interval:g} s\n")
+
+    pages = client.pages(
+        **_query(args),
+        limit=args.limit,
+        follow=True,
+        interval=args.interval,
+        on_error=retrying,
+    )
     if not args.json and sys.stdout.isatty():
         screen = Screen(client.url)
         for page in pages:

@@ -354,19 +354,36 @@ class Client:
         limit: int = 100,
         follow: bool = False,
         interval: float = 2.0,
+        on_error: Callable[[ToolkitError], None] | None = None,
     ) -> Iterator[Page]:
         """Yield the pages of the query, following next_cursor until it is null; with `follow`,
-        go on forever: `interval` s after each caught-up page, ask again since its server_time."""
+        go on forever: `interval` s after each caught-up page, ask again since its server_time.
+
+        Following, a page that cannot be read (no answer, a 5xx) is asked for again after
+        `interval` s, from the same cursor or `since`, and `on_error` is told; a 4xx raises.
+        """
         filters: dict[str, Any] = {"status": status, "queue": queue, "task": task}
-        current = self.changes(since=since, since_seconds=since_seconds, limit=limit, **filters)
+
+        def read(**query: Any) -> Page:
+            while True:
+                try:
+                    return self.changes(limit=limit, **query)
+                except (TransportError, ServerError) as exc:
+                    if not follow:
+                        raise
+                    if on_error is not None:
+                        on_error(exc)
+                    self._sleep(interval)
+
+        current = read(since=since, since_seconds=since_seconds, **filters)
         while True:
             yield current
             if current.next_cursor is not None:
                 # The cursor holds the filters: sending them again could only disagree.
-                current = self.changes(cursor=current.next_cursor, limit=limit)
+                current = read(cursor=current.next_cursor)
             elif follow:
                 self._sleep(interval)
-                current = self.changes(since=current.server_time, limit=limit, **filters)
+                current = read(since=current.server_time, **filters)
             else:
                 return
 

@@ -388,3 +388,39 @@ def test_an_answer_that_is_no_job_description_is_a_protocol_error(response: obje
         pytest.raises(ProtocolError),
     ):
         toolkit.status("a")
+
+
+def test_following_rides_out_an_outage_from_where_it_was() -> None:
+    """A followed page that cannot be read (a 503, then no answer) is asked for again, with
+    the same `since`, after the interval; the caller is told of each failure."""
+    sent: list[dict[str, object]] = []
+    answers = iter(["page", "503", "down", "page"])
+
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        kind = next(answers)
+        if kind == "down":
+            raise httpx.ConnectError("connection refused", request=request)
+        if kind == "503":
+            body = {"code": 503, "message": "Failed to retrieve job statuses: Redis unavailable"}
+            return httpx.Response(503, content=json.dumps(body).encode())
+        page = {"code": 200, "response": {"j1": "done"}, "server_time": 100.5 + len(sent)}
+        return httpx.Response(200, content=json.dumps({**page, "next_cursor": None}).encode())
+
+    told: list[str] = []
+    pauses: list[float] = []
+    transport = httpx.MockTransport(service)
+    with Client(
+        "http://service", API_KEY, max_retries=0, transport=transport, sleep=pauses.append
+    ) as toolkit:
+        pages = toolkit.pages(
+            since=1.0, follow=True, interval=3, on_error=lambda e: told.append(str(e))
+        )
+        first, second = next(pages), next(pages)
+        pages.close()
+    assert (first.server_time, second.server_time) == (101.5, 104.5)
+    assert [body.get("since") for body in sent] == [1.0, 101.5, 101.5, 101.5]
+    assert pauses == [3, 3, 3]
+    assert len(told) == 2
+    assert "Redis unavailable" in told[0]
+    assert "cannot reach http://service" in told[1]
