@@ -324,6 +324,7 @@ def run_status(client: Client, args: argparse.Namespace) -> int:
 
 def run_watch(client: Client, args: argparse.Namespace) -> int:
     """Follow the changes until interrupted: a live table on a terminal, else lines."""
+
     def retrying(error: ToolkitError) -> None:
         sys.stderr.write(f"toolkit-jobs: {error}; asking again in {args.interval:g} s\n")
 
