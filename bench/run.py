@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import load, memory, pages, peers, query, recording, repair, submission, window
+from bench import floor, load, memory, pages, peers, query, recording, repair, submission, window
 from bench.harness import ROOT, Section, keep_logs, machine, table
 
 SECTIONS: list[tuple[str, Callable[[Path, bool], Section]]] = [
@@ -25,6 +25,7 @@ SECTIONS: list[tuple[str, Callable[[Path, bool], Section]]] = [
     ("load", load.run),
     ("window", window.run),
     ("pages", pages.run),
+    ("floor", floor.run),
 ]
 
 
