@@ -37,8 +37,9 @@ SIGNATURE_BYTES = 16
 # Longer than any cursor given out: names of 200 and 100 characters, each escaped to 6 bytes.
 MAX_CURSOR = 4096
 # Numbers in a query string: plain decimals, nothing Python's float() or int() would also read.
-# Bounded, so that no parameter makes int() or float() work on thousands of digits.
-DECIMAL_RE = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,15})?", re.ASCII)
+# Whole parts bounded, so that int() never works on thousands of digits (float() reads a long
+# fraction quickly, and a decimal may carry one: 0.000...0325 is a number all the same).
+DECIMAL_RE = re.compile(r"-?[0-9]{1,15}(\.[0-9]+)?", re.ASCII)
 INTEGER_RE = re.compile(r"-?[0-9]{1,15}", re.ASCII)
 
 

@@ -566,3 +566,10 @@ def test_a_query_string_number_of_thousands_of_digits_is_a_400() -> None:
     """A limit or since of 5,000 digits is refused before int() or float() reads it."""
     assert refusal(lambda: from_args(limit=["9" * 5000])) == "limit must be an integer"
     assert refusal(lambda: from_args(since=["9" * 5000])) == "since must be a number"
+
+
+def test_a_query_string_decimal_with_a_long_fraction_is_a_number() -> None:
+    """`since_seconds=0.000…0325` (a hundred fraction digits) is a number, as the description
+    says decimals are; only the whole part is bounded."""
+    tiny = "0." + "0" * 100 + "325"
+    assert from_args(since_seconds=[tiny]).start == Start(seconds=float(tiny))
