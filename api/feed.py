@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -72,8 +73,10 @@ class FeedQuery:
         return self.statuses if self.statuses is not None else tuple(Status)
 
 
+@functools.lru_cache(maxsize=4)
 def cursor_key(api_key: str) -> bytes:
-    """Return the key cursors are signed with, derived from the service's API key."""
+    """Return the key cursors are signed with, derived from the service's API key (once per
+    key: every page request needs it)."""
     return hmac.new(api_key.encode(), b"toolkit-jobs cursor", hashlib.sha256).digest()
 
 

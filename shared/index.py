@@ -8,7 +8,7 @@ server time of their latest state change, in integer microseconds. The index mar
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -485,12 +485,17 @@ class StatusIndex:
         now, fence, queue_length = self._open(queue_name)
         after = start.exclusive(now)
         counts_from = (after if counted_from is None else counted_from) if counts else None
-        try:
-            replies = self._page_read(chosen, after, fence, scan, counts_from, transaction=True)
-        except OutOfMemoryError:
-            # Over maxmemory Redis refuses a MULTI even of reads. The same reads one after the
-            # other are just as right: an entry that moves between them moves above the fence.
-            replies = self._page_read(chosen, after, fence, scan, counts_from, transaction=False)
+
+        def page_reads(pipe: Pipeline) -> None:
+            for _, key in chosen:
+                pipe.zrangebyscore(key, f"({after}", fence, start=0, num=scan, withscores=True)
+            if counts_from is not None:
+                for _, key in chosen:
+                    pipe.zcount(key, f"({counts_from}", fence)
+
+        # Without a MULTI (over maxmemory) the same reads are just as right: an entry that
+        # moves between them moves above the fence.
+        replies = self._reads(page_reads)
         ranges, counted = replies[: len(chosen)], replies[len(chosen) :]
         # The `scan` lowest entries of all the sets are among the `scan` lowest of each.
         merged = sorted(
@@ -536,12 +541,14 @@ class StatusIndex:
         # Positions are unique since the index clock; entries written before it (an upgraded
         # index: a repair step scored up to 200 at one time) can share one.
         seen = {member for at, member, _ in listed if at == position}
-        try:
-            replies = self._at(chosen, position, transaction=True)
-        except OutOfMemoryError:
-            # No change is ever placed at an old position: read one after the other, the sets
-            # still hold the same entries there.
-            replies = self._at(chosen, position, transaction=False)
+
+        def position_reads(pipe: Pipeline) -> None:
+            for _, key in chosen:
+                pipe.zrangebyscore(key, position, position)
+
+        # Without a MULTI the sets still hold the same entries there: no change is ever placed
+        # at an old position.
+        replies = self._reads(position_reads)
         rest = [
             (member, status)
             for (status, _), members in zip(chosen, replies, strict=True)
@@ -553,33 +560,21 @@ class StatusIndex:
             rest = [entry for entry, ok in zip(rest, keep, strict=True) if ok]
         return rest
 
-    def _at(
-        self, chosen: list[tuple[Status, str]], position: int, *, transaction: bool
-    ) -> list[list[bytes]]:
-        with self.connection.pipeline(transaction=transaction) as pipe:
-            for _, key in chosen:
-                pipe.zrangebyscore(key, position, position)
-            replies: list[list[bytes]] = pipe.execute()
-            return replies
+    def _reads(self, queue: Callable[[Pipeline], None]) -> list[Any]:
+        """Run the reads `queue` puts on a pipeline in one MULTI; return their replies.
 
-    def _page_read(
-        self,
-        chosen: list[tuple[Status, str]],
-        after: int,
-        fence: int,
-        scan: int,
-        counts_from: int | None,
-        *,
-        transaction: bool,
-    ) -> list[Any]:
-        with self.connection.pipeline(transaction=transaction) as pipe:
-            for _, key in chosen:
-                pipe.zrangebyscore(key, f"({after}", fence, start=0, num=scan, withscores=True)
-            if counts_from is not None:
-                for _, key in chosen:
-                    pipe.zcount(key, f"({counts_from}", fence)
-            replies: list[Any] = pipe.execute()
-            return replies
+        Over maxmemory Redis refuses a MULTI even of reads: then they run one after the other,
+        which each caller says is just as right for its reads.
+        """
+        try:
+            with self.connection.pipeline(transaction=True) as pipe:
+                queue(pipe)
+                replies: list[Any] = pipe.execute()
+        except OutOfMemoryError:
+            with self.connection.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                replies = pipe.execute()
+        return replies
 
     def matching(self, ids: Sequence[bytes], facets: Facets) -> list[bool]:
         """Return, for each of `ids`, whether its job is of `facets`' queue and task (a job gone
