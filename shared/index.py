@@ -44,6 +44,9 @@ STREAM_BATCH = 5_000
 # How many entries a page of the change feed filtered by queue or task looks at, at most (when
 # its limit is lower): each one's job is read to be checked.
 PAGE_SCAN = 1_000
+# How many ids a window may hold in all to be read whole by the script that opens the read, in
+# one round trip; a larger one is read by a MULTI after it (docs/benchmarks.md, "HTTP floor").
+SMALL_WINDOW = 1_000
 
 # Remove up to ARGV[2] entries older than ARGV[1] seconds (by this Redis server's clock) from
 # the sorted set KEYS[1]; return how many went. Bounded work per call keeps Redis responsive on
@@ -148,27 +151,98 @@ end
 return replies
 """
 
-# Open a read of the index: return {Redis time (µs), whether the index marker KEYS[1] exists,
-# the length of the queue list KEYS[2], the read's fence}. The fence is the later of Redis time
-# - 1 µs and the index clock KEYS[3]; when it is the former, it becomes the clock. So every
-# entry recorded before the read lies at or before the fence and every change recorded after it
-# lies above it, even should Redis's clock step back in between (POSITION_LUA places a change
-# after the clock). Numbers go back as strings: Lua would cut a reply number to an integer
-# anyway, but a string says so.
-FENCE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local marker = redis.call('EXISTS', KEYS[1])
-local length = redis.call('LLEN', KEYS[2])
-local clock = tonumber(redis.call('GET', KEYS[3]) or '0')
-local fence = now - 1
-if clock >= fence then
-  fence = clock
-elseif marker == 1 then
-  redis.call('SET', KEYS[3], string.format('%.0f', fence))
+# Open a read of the index (KEYS[1] the index marker, KEYS[2] the queue list, KEYS[3] the
+# index clock): `open()` returns Redis time (µs), whether the marker exists, the queue's length,
+# and the read's fence. The fence is the later of Redis time - 1 µs and the index clock; when it
+# is the former, it becomes the clock. So every entry recorded before the read lies at or before
+# the fence and every change recorded after it lies above it, even should Redis's clock step
+# back in between (POSITION_LUA places a change after the clock). `low()` is where the read
+# starts (exclusive): ARGV[1], a position, or else ARGV[2] µs before Redis time. `text()` writes
+# a number as Redis reads it back exactly (Lua would cut a reply number to an integer anyway,
+# but a string says so). Shared by the window and page scripts, whose first six ARGV follow.
+OPEN_LUA = """
+local function open()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local marker = redis.call('EXISTS', KEYS[1])
+  local length = redis.call('LLEN', KEYS[2])
+  local clock = tonumber(redis.call('GET', KEYS[3]) or '0')
+  local fence = now - 1
+  if clock >= fence then
+    fence = clock
+  elseif marker == 1 then
+    redis.call('SET', KEYS[3], string.format('%.0f', fence))
+  end
+  return now, marker, length, fence
 end
-return {string.format('%.0f', now), marker, length, string.format('%.0f', fence)}
+local function low(now)
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  return now - tonumber(ARGV[2]) - 1
+end
+local function text(n) return string.format('%.0f', n) end
 """
+
+# Read a small window whole in the round trip that opens the read: one round trip where a fence
+# script and a MULTI took two (docs/benchmarks.md, "HTTP floor"). Returns {now, marker, queue
+# length, fence, low, {count per set}} and, when the window is small, the ids of each set in
+# KEYS[4..] from low (exclusive) to the fence. Small: at most ARGV[4] ids in all, and fewer
+# than ARGV[3] (the batch) in each set. A larger window gets the counts alone (ZCOUNT is
+# O(log n)) and is read by the caller's MULTI, up to this fence: through Lua tables, a reply
+# of 10^4 ids costs Redis about twice the plain replies. No ids without the marker either.
+WINDOW_LUA = (
+    OPEN_LUA
+    + """
+local now, marker, length, fence = open()
+local from, to = '(' .. text(low(now)), text(fence)
+local counts, total, small = {}, 0, marker == 1
+for i = 4, #KEYS do
+  local n = redis.call('ZCOUNT', KEYS[i], from, to)
+  counts[#counts + 1] = n
+  total = total + n
+  if n >= tonumber(ARGV[3]) then small = false end
+end
+local reply = {text(now), marker, length, text(fence), text(low(now)), counts}
+if small and total <= tonumber(ARGV[4]) then
+  for i = 4, #KEYS do
+    reply[#reply + 1] = redis.call('ZRANGEBYSCORE', KEYS[i], from, to)
+  end
+end
+return reply
+"""
+)
+
+# Read one page in the round trip that opens the read. Returns {now, marker, queue length,
+# fence, low, {for each set in KEYS[4..], its first ARGV[3] entries from low (exclusive) to the
+# fence, as id, score, id, score...}} and, when ARGV[4] is not '', {each set's entries from
+# ARGV[4] (a position, exclusive; 'low' for the page's own start) to the fence}. A page never
+# reads more than 1,000 entries of a set (feed.MAX_LIMIT, PAGE_SCAN). Nothing but the opening
+# without the marker.
+PAGE_LUA = (
+    OPEN_LUA
+    + """
+local now, marker, length, fence = open()
+local start = low(now)
+local reply = {text(now), marker, length, text(fence), text(start)}
+if marker == 0 then return reply end
+local from, to = '(' .. text(start), text(fence)
+local ranges = {}
+for i = 4, #KEYS do
+  ranges[#ranges + 1] = redis.call(
+    'ZRANGEBYSCORE', KEYS[i], from, to, 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+end
+reply[6] = ranges
+if ARGV[4] ~= '' then
+  local counted = from
+  if ARGV[4] ~= 'low' then counted = '(' .. ARGV[4] end
+  local counts = {}
+  for i = 4, #KEYS do
+    counts[#counts + 1] = redis.call('ZCOUNT', KEYS[i], counted, to)
+  end
+  reply[7] = counts
+end
+return reply
+"""
+)
 
 _INDEX_KEYS = keys.status_index_keys()
 
@@ -331,29 +405,28 @@ class StatusIndex:
         self.retention_seconds = retention_seconds
         self._trim = connection.register_script(TRIM_LUA)
         self._first_read = connection.register_script(FIRST_READ_LUA)
-        self._fence = connection.register_script(FENCE_LUA)
+        self._window = connection.register_script(WINDOW_LUA)
+        self._page = connection.register_script(PAGE_LUA)
         self._index_keys = keys.status_index_keys()
 
-    def _open(self, queue_name: str) -> tuple[int, int, int]:
-        """Return the Redis time of the read, its fence and the queue length; raise if there is
-        no index here."""
-        keys_ = [keys.marker_key(), keys.rq_queue_key(queue_name), keys.clock_key()]
-        try:
-            now, marker, queue_length, fence = (int(v) for v in self._fence(keys=keys_))
-        except OutOfMemoryError:
-            # Over maxmemory the clock cannot be raised: the same reads, the fence unrecorded
-            # (then only a Redis clock stepping back before it could place a change below it).
-            with self.connection.pipeline(transaction=False) as pipe:
-                pipe.time()
-                pipe.exists(keys_[0])
-                pipe.llen(keys_[1])
-                pipe.get(keys_[2])
-                now_reply, marker, queue_length, clock = pipe.execute()
-            now = time_micros(now_reply)
-            fence = fence_of(now, clock)
-        if not marker:
-            raise IndexNotFoundError("Jobs directory not found")
-        return now, fence, int(queue_length)
+    def _read_keys(self, queue_name: str, sets: Sequence[str]) -> list[str]:
+        """Return the keys of a read script: marker, queue list, clock, then the sets read."""
+        return [keys.marker_key(), keys.rq_queue_key(queue_name), keys.clock_key(), *sets]
+
+    def _open_unrecorded(self, queue_name: str) -> tuple[int, int, int]:
+        """Return the Redis time of a read, its fence and the queue length, without recording
+        the fence: over maxmemory, where a read script's SET of the clock is refused."""
+        # Then only a Redis clock stepping back before the fence could place a change below it.
+        marker, queue, clock = self._read_keys(queue_name, [])
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.exists(marker)
+            pipe.llen(queue)
+            pipe.get(clock)
+            now_reply, found, queue_length, clock_value = pipe.execute()
+        _require_marker(found)
+        now = time_micros(now_reply)
+        return now, fence_of(now, clock_value), int(queue_length)
 
     def window(
         self,
@@ -376,11 +449,30 @@ class StatusIndex:
         size = WINDOW_BATCH if batch is None else batch
         later = min(size, STREAM_BATCH) if stream_batch is None else stream_batch
         chosen = [(status, keys.status_index_key(status)) for status in statuses]
-        # Two round trips beat one Lua script here: a script's reply of 10^4 ids passes through
-        # Lua tables both ways and costs about twice as much as plain ZRANGEBYSCORE replies
-        # (docs/benchmarks.md). MULTI keeps the first batches one consistent snapshot.
-        now, fence, queue_length = self._open(queue_name)
-        low = f"({Start(since_seconds, after).exclusive(now)}"
+        start = Start(since_seconds, after)
+        try:
+            reply = self._window(
+                keys=self._read_keys(queue_name, [key for _, key in chosen]),
+                args=[*_start_args(start), size, SMALL_WINDOW],
+            )
+        except OutOfMemoryError:
+            now, fence, queue_length = self._open_unrecorded(queue_name)
+            low = f"({start.exclusive(now)}"
+        else:
+            _require_marker(reply[1])
+            queue_length, fence, low = int(reply[2]), int(reply[3]), f"({int(reply[4])}"
+            if len(reply) > 6:
+                # A small window, read whole with its opening: one consistent snapshot.
+                return Window(
+                    ids=[(s, ids) for (s, _), ids in zip(chosen, reply[6:], strict=True)],
+                    queue_length=queue_length,
+                    complete=True,
+                    rest=iter(()),
+                    fence=fence,
+                    counts=_counts(chosen, reply[5]) if counts else None,
+                )
+        # A larger window: plain replies cost Redis half of what a script's do, and one MULTI
+        # keeps the first batches one consistent snapshot.
         try:
             with self.connection.pipeline(transaction=True) as pipe:
                 for _, key in chosen:
@@ -482,21 +574,21 @@ class StatusIndex:
         """
         scan = max(limit, PAGE_SCAN) if facets else limit
         chosen = [(status, keys.status_index_key(status)) for status in statuses]
-        now, fence, queue_length = self._open(queue_name)
-        after = start.exclusive(now)
-        counts_from = (after if counted_from is None else counted_from) if counts else None
-
-        def page_reads(pipe: Pipeline) -> None:
-            for _, key in chosen:
-                pipe.zrangebyscore(key, f"({after}", fence, start=0, num=scan, withscores=True)
-            if counts_from is not None:
-                for _, key in chosen:
-                    pipe.zcount(key, f"({counts_from}", fence)
-
-        # Without a MULTI (over maxmemory) the same reads are just as right: an entry that
-        # moves between them moves above the fence.
-        replies = self._reads(page_reads)
-        ranges, counted = replies[: len(chosen)], replies[len(chosen) :]
+        counts_arg = "" if not counts else "low" if counted_from is None else str(counted_from)
+        try:
+            reply = self._page(
+                keys=self._read_keys(queue_name, [key for _, key in chosen]),
+                args=[*_start_args(start), scan, counts_arg],
+            )
+        except OutOfMemoryError:
+            ranges, counted, fence, queue_length, after = self._page_unrecorded(
+                start, queue_name, chosen, scan, counts, counted_from
+            )
+        else:
+            _require_marker(reply[1])
+            queue_length, fence, after = int(reply[2]), int(reply[3]), int(reply[4])
+            ranges = [_pairs(flat) for flat in reply[5]]
+            counted = reply[6] if counts else []
         # The `scan` lowest entries of all the sets are among the `scan` lowest of each.
         merged = sorted(
             (int(score), member, status)
@@ -528,6 +620,33 @@ class StatusIndex:
             start=after,
             counts=_counts(chosen, counted) if counts else None,
         )
+
+    def _page_unrecorded(
+        self,
+        start: Start,
+        queue_name: str,
+        chosen: list[tuple[Status, str]],
+        scan: int,
+        counts: bool,
+        counted_from: int | None,
+    ) -> tuple[list[Any], list[Any], int, int, int]:
+        """Read what PAGE_LUA reads without recording the fence (over maxmemory); return the
+        ranges, the counts, the fence, the queue length and the page's start."""
+        now, fence, queue_length = self._open_unrecorded(queue_name)
+        after = start.exclusive(now)
+        counts_from = (after if counted_from is None else counted_from) if counts else None
+
+        def page_reads(pipe: Pipeline) -> None:
+            for _, key in chosen:
+                pipe.zrangebyscore(key, f"({after}", fence, start=0, num=scan, withscores=True)
+            if counts_from is not None:
+                for _, key in chosen:
+                    pipe.zcount(key, f"({counts_from}", fence)
+
+        # Without a MULTI (Redis refuses one over maxmemory) the same reads are just as right:
+        # an entry that moves between them moves above the fence.
+        replies = self._reads(page_reads)
+        return replies[: len(chosen)], replies[len(chosen) :], fence, queue_length, after
 
     def _rest_of_position(
         self,
@@ -613,6 +732,24 @@ def _shared(
         return True
     # A set read to its limit may hold more entries at the position of its last one.
     return any(len(entries) == scan and int(entries[-1][1]) == position for entries in ranges)
+
+
+def _start_args(start: Start) -> list[str | int]:
+    """Return a read script's ARGV[1] and ARGV[2]: the position to read after, or the span (µs)
+    before Redis time to read."""
+    if start.after is not None:
+        return [start.after, 0]
+    return ["", int(start.seconds * MICROS)]
+
+
+def _require_marker(found: Any) -> None:
+    if not int(found):
+        raise IndexNotFoundError("Jobs directory not found")
+
+
+def _pairs(flat: list[bytes]) -> list[tuple[bytes, float]]:
+    """Return [(id, score)] from a script's WITHSCORES reply [id, score, id, score...]."""
+    return [(flat[i], float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
 def _counts(chosen: list[tuple[Status, str]], counted: list[Any]) -> dict[Status, int]:

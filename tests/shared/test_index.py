@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 from rq.job import JobStatus
@@ -206,37 +204,51 @@ def test_parse_transitions_reads_every_field() -> None:
     assert parse_transitions(raw) == {("new", "queued"): 3, ("running", "done"): 2}
 
 
-def transaction_of_the_reads(monitor: redis.client.Monitor, timeout: float = 10.0) -> list[str]:
-    """Return the commands MONITOR reports from the MULTI before the first range read to its EXEC.
-
-    Without a MULTI around the reads, return them from the first one on, up to the next EXEC or
-    the first command after them.
-    """
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while True:
-        assert time.monotonic() < deadline, f"no end of the reads within {timeout}s: {seen}"
-        command = monitor.next_command()["command"]
-        names = [c.split()[0] for c in seen]
-        if "ZRANGEBYSCORE" in names and command.split()[0] != "ZRANGEBYSCORE":
-            seen.append(command)
-            break
-        seen.append(command)
-    names = [c.split()[0] for c in seen]
-    first_read = names.index("ZRANGEBYSCORE")
-    start = first_read - 1 if first_read and names[first_read - 1] == "MULTI" else first_read
-    return seen[start:]
+def command_calls(conn: redis.Redis) -> dict[str, int]:
+    """Return how many times each command ran since the last CONFIG RESETSTAT (those a script
+    ran included), without CONFIG and INFO themselves."""
+    stats = conn.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+    return {name: n for name, n in calls.items() if not name.startswith(("config", "info"))}
 
 
-def test_window_reads_the_five_sets_in_one_transaction(
+def test_a_small_window_is_read_in_one_script_with_its_fence(
     conn: redis.Redis, index: StatusIndex
 ) -> None:
-    """The five ZRANGEBYSCORE of a window run between one MULTI and its EXEC, nothing else."""
+    """A small window's fence, queue length and five reads run inside one script call: one
+    round trip, one atomic snapshot, no MULTI."""
     record(index, "job-1", JobStatus.FINISHED)
-    with conn.monitor() as monitor:
-        window = index.window_ids(60, "default")
-        conn.ping()  # a command after the window read, so the reads' end is always seen
-        reads = transaction_of_the_reads(monitor)
+    index.window_ids(60, "default")  # the script loaded, the clock raised
+    conn.config_resetstat()
+    window = index.window_ids(60, "default")
     assert [ids for _, ids in window.ids] == [[], [], [b"job-1"], [], []]
-    assert [command.split()[0] for command in reads] == ["MULTI", *["ZRANGEBYSCORE"] * 5, "EXEC"]
-    assert [command.split()[1] for command in reads[1:-1]] == keys.status_index_keys()
+    calls = command_calls(conn)
+    # MONITOR shows no script's commands on this Redis: the command counts say what ran.
+    assert calls.pop("evalsha") == 1
+    assert calls.pop("zrangebyscore") == 5
+    assert calls.pop("zcount") == 5
+    assert set(calls) <= {"time", "exists", "llen", "get", "set"}
+
+
+def test_a_large_window_reads_the_five_sets_in_one_transaction(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """A window too large for the script is read by five ZRANGEBYSCORE in one MULTI after the
+    script that opened the read (and counted it, reading no id)."""
+    record(index, "job-1", JobStatus.FINISHED)
+    record(index, "job-2", JobStatus.FINISHED)
+    index.window(60, "default", batch=2)
+    conn.config_resetstat()
+    window = index.window(60, "default", batch=2)
+    calls = command_calls(conn)
+    assert window.ids == [(status, []) for status in Status]
+    assert window.complete is False
+    assert {name: calls.get(name) for name in ("evalsha", "multi", "exec", "zcount")} == {
+        "evalsha": 1,
+        "multi": 1,
+        "exec": 1,
+        "zcount": 5,
+    }
+    assert calls["zrangebyscore"] == 5
+    streamed = [m for batch in window.rest for _, members in batch for m in members]
+    assert sorted(streamed) == [b"job-1", b"job-2"]
