@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
-import uuid
 
 from flask import Response, g, request
 
@@ -18,11 +20,31 @@ REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+class RequestIds:
+    """Make request ids: 16 random hex digits per process, then a 16-digit count."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        """Return an id no other request of any process is given (a uuid4's length, 32 hex)."""
+        # Unique, not secret: a counter instead of os.urandom for each request. A forked
+        # gunicorn worker draws its own prefix.
+        if self._pid != os.getpid():
+            self._pid, self._prefix = os.getpid(), secrets.token_hex(8)
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+request_ids = RequestIds()
+
+
 def start_request() -> None:
     """Start the request's timer and settle its request id."""
     g.started = time.perf_counter()
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+    g.request_id = given if REQUEST_ID_RE.fullmatch(given) else request_ids.next()
 
 
 def finish_request(resp: Response) -> Response:
@@ -31,27 +53,26 @@ def finish_request(resp: Response) -> Response:
     resp.headers[REQUEST_ID_HEADER] = request_id
     started = g.get("started")
     duration_ms = (time.perf_counter() - started) * 1000 if started is not None else 0.0
+    method, mount, status = request.method, request.script_root, resp.status_code
     # The full path, /dashboard included when the mounted dashboard answered.
-    path = request.script_root + request.path
+    path = mount + request.path
     try:
-        seconds = duration_ms / 1000
-        rule, mount = request.url_rule, request.script_root
-        observe_request(request.method, rule, resp.status_code, seconds, mount)
+        observe_request(method, request.url_rule, status, duration_ms / 1000, mount)
     except Exception:
         # Metrics must never turn an answer into an error (say, a metrics directory removed).
         logger.exception("could not record the request's metrics")
     logger.info(
         "%s %s %d %.1fms id=%s",
-        request.method,
+        method,
         path,
-        resp.status_code,
+        status,
         duration_ms,
         request_id,
         extra={
             "request_id": request_id,
-            "method": request.method,
+            "method": method,
             "path": path,
-            "status": resp.status_code,
+            "status": status,
             "duration_ms": round(duration_ms, 2),
         },
     )

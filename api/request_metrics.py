@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 from werkzeug.routing import Rule
 
@@ -63,9 +65,19 @@ def route_label(rule: Rule | None, mount: str = "") -> str:
     return mount + rule.rule if rule is not None else UNMATCHED
 
 
+# The histogram's children by (method, rule, status, mount), each labelled once. The labels
+# come from fixed sets (METHODS, the URL map, the codes the app answers): so does the cache.
+_children: dict[tuple[str, str | None, int, str], Any] = {}
+
+
 def observe_request(
     method: str, rule: Rule | None, status: int, seconds: float, mount: str = ""
 ) -> None:
     """Count one answered request in the latency histogram."""
-    route = route_label(rule, mount)
-    REQUEST_DURATION.labels(method_label(method), route, str(status)).observe(seconds)
+    key = (method, rule.rule if rule is not None else None, status, mount)
+    child = _children.get(key)
+    if child is None:
+        route = route_label(rule, mount)
+        child = REQUEST_DURATION.labels(method_label(method), route, str(status))
+        _children[key] = child
+    child.observe(seconds)

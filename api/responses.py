@@ -7,11 +7,12 @@ import os
 import time
 from typing import Any
 
-from flask import Response, g, jsonify, request
+from flask import Response, g, request
 from redis.exceptions import RedisError
 
 from api.body import client_id
 from api.context import services
+from api.encoding import encode
 from shared.envelope import envelope
 
 logger = logging.getLogger(__name__)
@@ -48,10 +49,9 @@ def reply(
         build_number=svc.settings.build_number,
         **extra,
     )
-    resp = jsonify(body)
-    resp.status_code = code
-    for name, value in (headers or {}).items():
-        resp.headers[name] = value
+    resp = Response(encode(body), status=code, mimetype="application/json")
+    if headers:
+        resp.headers.update(headers)
     return resp
 
 

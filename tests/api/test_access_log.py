@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 from flask.testing import FlaskClient
 
+from api.access import RequestIds
 from tests.helpers import API_KEY, JOBS_STATUS, post
 
 
@@ -57,3 +59,23 @@ def test_a_metrics_failure_never_breaks_an_answer(
     lines = [r for r in _request_records(caplog) if not r.exc_info]
     assert [r.getMessage() for r in errors] == ["could not record the request's metrics"]
     assert [r.status for r in lines] == [200]  # type: ignore[attr-defined]
+
+
+def test_request_ids_made_here_are_unique_and_new_in_each_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ids the service makes are 32 hex digits, never repeat, and a forked process (a new
+    pid) draws a prefix of its own."""
+    ids = RequestIds()
+    first = [ids.next() for _ in range(1000)]
+    assert len(set(first)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in first)
+    monkeypatch.setattr(os, "getpid", lambda: -7)
+    forked = ids.next()
+    assert forked[:16] != first[0][:16] and forked not in first
+
+
+def test_an_answer_without_a_caller_id_gets_a_fresh_one(client: FlaskClient) -> None:
+    """Each request without X-Request-ID is answered with an id of its own."""
+    seen = {client.get("/health").headers["X-Request-ID"] for _ in range(5)}
+    assert len(seen) == 5
