@@ -7,7 +7,8 @@ from typing import Any
 
 import gevent
 from flask import current_app, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import get_content_length
 
 from api.context import services
 from api.errors import ApiError
@@ -39,11 +40,15 @@ class BodyTimeoutError(Exception):
 
 def _read_limited() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    # Werkzeug refuses an over-long Content-Length itself, but silently cuts a chunked upload
-    # (no Content-Length) at the limit: read that one from the server's own stream, one byte
-    # past the limit, to tell "too large" apart.
-    chunked = request.content_length is None
-    stream = request.environ["wsgi.input"] if chunked else request.stream
+    environ = request.environ
+    # The server's own stream, read as far as Content-Length says (PEP 3333), as werkzeug's
+    # request.stream would, without its wrapper. A chunked upload (no Content-Length), which
+    # request.stream would silently cut at the limit, is read one byte past it, to tell "too
+    # large" apart.
+    length = get_content_length(environ)
+    if length is not None and length > limit:
+        raise RequestEntityTooLarge()
+    stream = environ["wsgi.input"]
     seconds = services().settings.body_timeout
     # One deadline for the whole body, so that a client trickling it a byte at a time holds its
     # connection no longer than one that stalls. Under gunicorn's gevent worker the read waits
@@ -53,11 +58,14 @@ def _read_limited() -> bytes:
     # the rest of a cut body, chunked or not, is never read as a next request.
     try:
         with gevent.Timeout(seconds, BodyTimeoutError(seconds)):
-            data: bytes = stream.read(limit + 1)
+            data: bytes = stream.read(limit + 1 if length is None else length)
     except BodyTimeoutError:
         raise ApiError(408, f"Request body not received within {seconds} seconds") from None
     if len(data) > limit:
         raise RequestEntityTooLarge()
+    if length is not None and len(data) < length:
+        # The client closed before its whole body: werkzeug's own 400 for it.
+        raise ClientDisconnected()
     return data
 
 

@@ -72,3 +72,34 @@ def test_oversized_chunked_body_is_read_once(
     assert resp.status_code == 413
     assert reads == [1]
     assert parses == []
+
+
+def test_a_body_shorter_than_its_content_length_is_a_json_400(
+    client: FlaskClient, parses: list[bytes]
+) -> None:
+    """A body that ends before its Content-Length (the client went away) is a JSON 400, never
+    parsed as the part that came: `{"task": "echo"}` cut short queues nothing."""
+    whole = b'{"task": "echo", "payload": {}}'
+    resp = client.post(
+        "/v1/toolkit/jobs",
+        data=whole[:16],
+        headers=AUTH,
+        environ_overrides={"CONTENT_LENGTH": str(len(whole))},
+    )
+    assert resp.status_code == 400
+    assert resp.is_json and resp.get_json()["message"] == "Bad Request"
+    assert parses == []
+
+
+def test_a_body_is_read_up_to_its_content_length_only(
+    client: FlaskClient, parses: list[bytes]
+) -> None:
+    """Bytes past Content-Length (a next request on the connection) are never read as body."""
+    resp = client.post(
+        "/v1/toolkit/jobs/status",
+        input_stream=io.BytesIO(b'{"since_seconds": 60}GET / HTTP/1.1\r\n\r\n'),
+        headers=AUTH,
+        environ_overrides={"CONTENT_LENGTH": "21"},
+    )
+    assert resp.status_code == 200
+    assert parses == [b'{"since_seconds": 60}']

@@ -42,11 +42,17 @@ def test_a_date_format_asked_for_is_honoured() -> None:
     assert TextFormatter().formatTime(record, "%Y") == logging.Formatter().formatTime(record, "%Y")
 
 
-def test_a_record_need_not_look_up_its_thread_or_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once logging is configured, records skip the thread and process lookups neither format
-    shows."""
+def test_a_record_need_not_look_up_its_thread_process_or_caller(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once logging is configured, records skip the thread, process and caller lookups neither
+    format shows."""
     for flag in ("logThreads", "logProcesses", "logMultiprocessing"):
         monkeypatch.setattr(logging, flag, True)
+    monkeypatch.setattr(logging, "_srcfile", logging._srcfile)
     configure_logging("INFO")
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", (), None)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("api.access").info("m")
+    (record,) = caplog.records
     assert (record.thread, record.process, record.processName) == (None, None, None)
+    assert (record.pathname, record.lineno) == ("(unknown file)", 0)
