@@ -15,15 +15,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ApiClient, Section, api_process, fill_index, private_redis, table, wrk
+from bench.harness import (
+    ApiClient,
+    Section,
+    api_process,
+    fill_index,
+    private_redis,
+    repeat,
+    table,
+    wrk,
+)
+from bench.query import WINDOW_SECONDS, floor_read
 from shared.settings import Settings
+from shared.wiring import build_services
 from tests.helpers import API_KEY, BIN, Process, free_port, service_env, wait_healthy
 
 STATUS_PATH = "/v1/toolkit/jobs/status"
 # (label, index size, window size): the common poll, and a large window in a large index.
 FULL_CASES = [("100-job window", 10_000, 100), ("10^4-job window, 10^6 index", 1_000_000, 10_000)]
 SMOKE_CASES = [("100-job window", 1_000, 100)]
-WINDOW = json.dumps({"since_seconds": 3600})
+WINDOW = json.dumps({"since_seconds": WINDOW_SECONDS})
 
 
 def run(scratch: Path, smoke: bool) -> Section:
@@ -31,18 +42,35 @@ def run(scratch: Path, smoke: bool) -> Section:
     cases = SMOKE_CASES if smoke else FULL_CASES
     seconds, rounds = (2, 1) if smoke else (10, 3)
     rows: list[list[Any]] = []
+    latency_rows: list[list[Any]] = []
     data: dict[str, Any] = {}
     profile = ""
     with private_redis(scratch / "redis-floor") as server:
         conn = server.client()
+        index = build_services(Settings(redis_url=server.url), conn).index
         for label, size, window in cases:
             conn.flushall()
             fill_index(conn, size, window)
             with api_process(server.url) as port:
                 api = ApiClient(port)
                 status, body = api.post(STATUS_PATH, json.loads(WINDOW))
-                api.close()
                 assert status == 200 and len(json.loads(body)["response"]) == window
+
+                def via_api(api: ApiClient = api) -> None:
+                    assert api.post(STATUS_PATH, json.loads(WINDOW))[0] == 200
+
+                # One request at a time, as the "Status query cost" section measures it.
+                budget = 0.5 if smoke else 3.0
+                api_sample = repeat(via_api, budget=budget)
+                floor_sample = repeat(floor_read(index, window), budget=budget)
+                api.close()
+                ratio = api_sample.median / floor_sample.median
+                latency_rows.append([label, api_sample.ms(), floor_sample.ms(), f"{ratio:.2f}"])
+                data[f"{label}/latency"] = {
+                    "api": api_sample.times,
+                    "floor": floor_sample.times,
+                    "ratio": ratio,
+                }
                 answer = scratch / f"answer-{window}.json"
                 answer.write_bytes(body)
                 with bare_process(server.url, answer) as bare_port:
@@ -68,6 +96,8 @@ def run(scratch: Path, smoke: bool) -> Section:
                         data[f"{label}/{clients}"] = {
                             "ours": [r.__dict__ for r in ours],
                             "bare": [r.__dict__ for r in bare],
+                            "ratio": statistics.median(r.rps for r in ours)
+                            / statistics.median(r.rps for r in bare),
                         }
             if window == 100:
                 profile = poll_profile(server.url, 300 if smoke else 3000)
@@ -90,6 +120,11 @@ def run(scratch: Path, smoke: bool) -> Section:
             f"rounds of {seconds} s alternating the two; median requests/s of the rounds (range), "
             "p50 / p99 of the median round.",
             table(header, rows),
+            "The same windows one request at a time (keep-alive client) against **the Redis "
+            "floor**, redis-py reading the same answer as `{job_id: status}` strings "
+            "(`StatusIndex.window_ids()` and a decode), as the *Status query cost* section "
+            "measures it; median (min-max):",
+            table(["case", "jobs/status", "Redis floor", "jobs/status / floor"], latency_rows),
             "Where one poll's time goes (100-job window): the app's WSGI callable called "
             "in-process (no gunicorn, no network), timed plain, then under cProfile, each stage "
             "with what it calls (cProfile's own overhead inflates every stage alike):",

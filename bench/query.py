@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,7 @@ def _measure(
     def via_api() -> None:
         assert api.post(STATUS_PATH, {"since_seconds": WINDOW_SECONDS})[0] == 200
 
-    def floor() -> None:
-        # redis-py's reply decoded into the {job_id: status} answer: what any client needs.
-        ids = index.window_ids(WINDOW_SECONDS, "default").ids
-        statuses = {job_id.decode(): status for status, members in ids for job_id in members}
-        assert len(statuses) == window
+    floor = floor_read(index, window)
 
     def raw_read() -> None:
         ids = index.window_ids(WINDOW_SECONDS, "default").ids
@@ -104,6 +101,18 @@ def _measure(
         "raw": raw_sample,
         "baseline": base_sample,
     }
+
+
+def floor_read(index: StatusIndex, window: int) -> Callable[[], None]:
+    """Return the floor of a window's answer: redis-py's reply decoded into {job_id: status}."""
+
+    def floor() -> None:
+        # What any client needs: the ids as strings, each with its status.
+        ids = index.window_ids(WINDOW_SECONDS, "default").ids
+        statuses = {job_id.decode(): status for status, members in ids for job_id in members}
+        assert len(statuses) == window
+
+    return floor
 
 
 def _mirror_to_files(conn: Any, folder: Path) -> None:

@@ -110,6 +110,34 @@ def _targets(results: dict[str, Section]) -> list[list[Any]]:
                         _yes(api / small < 2),
                     ]
                 )
+    if "floor" in results:
+        data = results["floor"].data
+        for clients in (8, 64):
+            key = f"100-job window/{clients}"
+            if key in data:
+                rows.append(
+                    [
+                        f"HTTP floor: a 100-job poll, {clients} connections, at least 0.5x the "
+                        "bare endpoint's requests/s",
+                        f"{data[key]['ratio']:.2f}x",
+                        _yes(data[key]["ratio"] >= 0.5),
+                    ]
+                )
+        key = "10^4-job window, 10^6 index/latency"
+        if key in data:
+            api, floor, ratio = (
+                _median(data[key]["api"]),
+                _median(data[key]["floor"]),
+                data[key]["ratio"],
+            )
+            rows.append(
+                [
+                    "HTTP floor: a 10^4-job window in a 10^6-job index at most 1.25x the Redis "
+                    "floor",
+                    f"{api * 1e3:.2f} ms vs {floor * 1e3:.2f} ms = {ratio:.2f}x",
+                    _yes(ratio <= 1.25),
+                ]
+            )
     if "recording" in results:
         for kind, sides in results["recording"].data.items():
             ratio = _median(sides["service"]) / _median(sides["plain"])
