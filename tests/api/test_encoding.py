@@ -6,6 +6,8 @@ import json
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.encoding import encode, statuses_json
 from shared.status import Status
@@ -39,12 +41,34 @@ def test_an_empty_window_is_an_empty_object() -> None:
     assert _decoded([(status, []) for status in Status]) == {}
 
 
-@pytest.mark.parametrize("odd", [b'a"b', b"a\\b", b"j\xc3\xb6b", b"a b", b"a\nb", b'","x'])
+@pytest.mark.parametrize(
+    "odd",
+    [b'a"b', b"a\\b", b"j\xc3\xb6b", b"a b", b"a\nb", b'","x', b'a":"done","b', b'"', b"\x00"],
+)
 def test_ids_that_need_escaping_take_the_ordinary_path(odd: bytes) -> None:
     """An id JSON cannot carry verbatim is escaped properly, never spliced in raw."""
     ids = [(Status.DONE, [b"plain", odd])]
     assert not isinstance(statuses_json(ids), orjson.Fragment)
     assert _decoded(ids) == {"plain": "done", odd.decode(): "done"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(list(Status)),
+            st.lists(st.text(alphabet='ab-_:,"\\ {}\n\u00e9', min_size=1, max_size=6)),
+        ),
+        max_size=5,
+    )
+)
+def test_any_ids_encode_to_exactly_their_mapping(
+    groups: list[tuple[Status, list[str]]],
+) -> None:
+    """Whatever the ids hold, the answer decodes to {job_id: status}, joined or escaped."""
+    ids = [(status, [job_id.encode() for job_id in members]) for status, members in groups]
+    expected = {job_id: status.value for status, members in groups for job_id in members}
+    assert _decoded(ids) == expected
 
 
 def test_integers_beyond_64_bits_fall_back_to_the_stdlib() -> None:
