@@ -58,8 +58,15 @@ class LingeringGeventWorker(GeventWorker):
             self.idle.discard(client)
 
     def handle_request(self, listener_name: Any, req: Any, client: Any, addr: Any) -> Any:
-        """Serve one request: the connection is busy meanwhile."""
+        """Serve one request, after the other connections had their turn: the connection is
+        busy meanwhile."""
         self.idle.discard(client)
+        # A greenlet runs until it waits. A keep-alive client sending its next request as soon
+        # as it has the answer (on a fast network the request is already there to read) would
+        # hold the worker through request after request while the other connections wait:
+        # hundreds of ms at the 99th percentile (docs/benchmarks.md, "HTTP floor"). One turn
+        # of the hub before each request serves the connections in turn.
+        gevent.sleep(0)
         try:
             return super().handle_request(listener_name, req, client, addr)
         finally:

@@ -117,3 +117,26 @@ def test_post_fork_tunes_each_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     conf["post_fork"](server, object())
     assert called == [True]
     assert logged == ["malloc left as it is (not glibc)"]
+
+
+def test_each_request_waits_for_the_other_connections_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before serving a request, a worker lets every other ready connection (greenlet) run:
+    a connection with its next request already there cannot hold the worker."""
+    import gevent
+
+    monkeypatch.setenv("API_KEY", API_KEY)
+    worker_class = runpy.run_path(CONF)["worker_class"]
+    order: list[str] = []
+    monkeypatch.setattr(
+        GeventWorker, "handle_request", lambda self, *args: order.append("this request")
+    )
+    worker = object.__new__(worker_class)
+    worker.idle = set()
+    client = object()
+    other = gevent.spawn(order.append, "another connection")
+    worker.handle_request("listener", object(), client, ("127.0.0.1", 1))
+    other.join()
+    assert order == ["another connection", "this request"]
+    assert worker.idle == {client}
