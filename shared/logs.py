@@ -67,13 +67,9 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """Send log lines to stderr at `level`, as text or JSON lines, one line per event."""
-    # Neither format shows a thread, process or task name, nor the calling file and line: a
-    # record need not look them up (the logging docs' "Optimization" section; a request's log
-    # line then costs about half).
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    logging._srcfile = None
+    # logging's module-wide switches (logProcesses, _srcfile: the docs' "Optimization" section)
+    # would make each record cheaper, but they hold for every logger of the process: gunicorn's
+    # own format writes %(process)d, and broke on the None they leave.
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     # basicConfig leaves a process that already has handlers (a test runner) alone.

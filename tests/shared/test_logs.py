@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 
@@ -42,17 +43,13 @@ def test_a_date_format_asked_for_is_honoured() -> None:
     assert TextFormatter().formatTime(record, "%Y") == logging.Formatter().formatTime(record, "%Y")
 
 
-def test_a_record_need_not_look_up_its_thread_process_or_caller(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Once logging is configured, records skip the thread, process and caller lookups neither
-    format shows."""
-    for flag in ("logThreads", "logProcesses", "logMultiprocessing"):
-        monkeypatch.setattr(logging, flag, True)
-    monkeypatch.setattr(logging, "_srcfile", logging._srcfile)
+def test_configuring_leaves_other_formats_whole(caplog: pytest.LogCaptureFixture) -> None:
+    """After configure_logging, a record still carries what other formats (gunicorn's
+    `[%(process)d]`, a caller's file and line) write."""
     configure_logging("INFO")
     with caplog.at_level(logging.INFO):
-        logging.getLogger("api.access").info("m")
+        logging.getLogger("gunicorn.error").info("Worker exiting (pid: %s)", 7)
     (record,) = caplog.records
-    assert (record.thread, record.process, record.processName) == (None, None, None)
-    assert (record.pathname, record.lineno) == ("(unknown file)", 0)
+    gunicorn_format = logging.Formatter("%(asctime)s [%(process)d] [%(levelname)s] %(message)s")
+    assert f"[{os.getpid()}] [INFO] Worker exiting (pid: 7)" in gunicorn_format.format(record)
+    assert record.thread is not None and record.lineno > 0
