@@ -9,7 +9,14 @@ from rq.job import JobStatus
 from shared import index as index_module
 from shared import keys
 from shared.exceptions import IndexNotFoundError
-from shared.index import FINAL_STATUSES, TRIM_BATCH, StatusIndex, WindowIds, parse_transitions
+from shared.index import (
+    FINAL_STATUSES,
+    TRIM_BATCH,
+    Start,
+    StatusIndex,
+    WindowIds,
+    parse_transitions,
+)
 from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from tests.helpers import indexed, record
@@ -252,3 +259,38 @@ def test_a_large_window_reads_the_five_sets_in_one_transaction(
     assert calls["zrangebyscore"] == 5
     streamed = [m for batch in window.rest for _, members in batch for m in members]
     assert sorted(streamed) == [b"job-1", b"job-2"]
+
+
+def test_a_page_is_read_in_one_script_with_its_fence(conn: redis.Redis, index: StatusIndex) -> None:
+    """A page's fence, queue length, five ranges and counts run inside one script call: one
+    round trip, one atomic snapshot, no MULTI."""
+    record(index, "job-1", JobStatus.FINISHED)
+    record(index, "job-2", JobStatus.FAILED)
+    index.page(Start(seconds=60), "default", 10, counts=True)
+    conn.config_resetstat()
+    page = index.page(Start(seconds=60), "default", 10, counts=True)
+    assert page.ids == [(b"job-1", Status.DONE), (b"job-2", Status.FAILED)]
+    assert page.counts is not None and page.counts[Status.DONE] == 1
+    calls = command_calls(conn)
+    assert calls.pop("evalsha") == 1
+    assert calls.pop("zrangebyscore") == 5
+    assert calls.pop("zcount") == 5
+    assert set(calls) <= {"time", "exists", "llen", "get", "set"}
+
+
+@pytest.mark.parametrize(("jobs", "multi"), [(3, 0), (4, 1)])
+def test_the_script_reads_a_window_of_up_to_small_window_ids(
+    conn: redis.Redis, index: StatusIndex, monkeypatch: pytest.MonkeyPatch, jobs: int, multi: int
+) -> None:
+    """A window of SMALL_WINDOW ids in all is read by the script alone; one more, and by a
+    MULTI after it; the answer is the same either way."""
+    monkeypatch.setattr(index_module, "SMALL_WINDOW", 3)
+    for i in range(jobs):
+        record(index, f"job-{i}", JobStatus.FINISHED if i % 2 else JobStatus.FAILED)
+    conn.config_resetstat()
+    window = index.window(60, "default")
+    assert window.complete
+    assert sorted(m for _, members in window.ids for m in members) == [
+        f"job-{i}".encode() for i in range(jobs)
+    ]
+    assert command_calls(conn).get("multi", 0) == multi
