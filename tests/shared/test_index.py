@@ -294,3 +294,21 @@ def test_the_script_reads_a_window_of_up_to_small_window_ids(
         f"job-{i}".encode() for i in range(jobs)
     ]
     assert command_calls(conn).get("multi", 0) == multi
+
+
+def test_a_large_window_counts_each_set_in_its_multi(conn: redis.Redis, index: StatusIndex) -> None:
+    """A window read by the MULTI counts each status set's entries in it when asked, and only
+    then."""
+    for i in range(3):
+        record(index, f"done-{i}", JobStatus.FINISHED)
+    record(index, "failed-0", JobStatus.FAILED)
+    counted = index.window(60, "default", batch=2, counts=True)
+    assert not counted.complete
+    assert counted.counts == {
+        Status.QUEUED: 0,
+        Status.RUNNING: 0,
+        Status.DONE: 3,
+        Status.FAILED: 1,
+        Status.CANCELED: 0,
+    }
+    assert index.window(60, "default", batch=2).counts is None

@@ -193,3 +193,25 @@ def test_a_full_redis_still_answers_pages(conn: redis.Redis, index: StatusIndex)
         )
     finally:
         conn.config_set("maxmemory", 0)
+
+
+def test_over_maxmemory_reads_keep_the_queue_length_and_the_counts_asked_for(
+    conn: redis.Redis, index: StatusIndex
+) -> None:
+    """Over maxmemory (the read script refused, the fence unrecorded) a window and a page still
+    say how many jobs wait in the queue, and a page counts from the start it is given."""
+    for n in range(4):
+        record(index, f"job-{n}", JobStatus.FINISHED)
+    conn.rpush(keys.rq_queue_key("default"), "waiting-1", "waiting-2")
+    second = int(conn.zscore(keys.status_index_key(Status.DONE), "job-1") or 0)
+    conn.config_set("maxmemory", 1)
+    try:
+        window = index.window(600, "default", counts=True)
+        assert window.queue_length == 2
+        assert window.counts is not None and window.counts[Status.DONE] == 4
+        page = index.page(Start(seconds=600), "default", 10, counts=True, counted_from=second)
+        assert page.queue_length == 2
+        assert len(page.ids) == 4
+        assert page.counts is not None and page.counts[Status.DONE] == 2
+    finally:
+        conn.config_set("maxmemory", 0)
