@@ -7,6 +7,7 @@ import http.client
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -362,7 +363,30 @@ def worker_argv(clock_offset: str | None = None) -> list[str]:
 
 def start_skewed_worker(env: dict[str, str], clock_offset: str, name: str) -> Process:
     """Start a worker whose clock is off by `clock_offset` (faketime syntax, e.g. "+7m")."""
+    clear_stale_faketime_files()
     return Process(worker_argv(clock_offset), env, name=name)
+
+
+SHM = Path("/dev/shm")
+FAKETIME_FILE_RE = re.compile(r"(?:sem\.faketime_sem_|faketime_shm_)(\d+)")
+
+
+def clear_stale_faketime_files() -> list[Path]:
+    """Remove the semaphore and shared memory files of faketime wrappers no longer running;
+    return them.
+
+    The wrapper names both after its pid and creates them exclusively: when one is killed (a
+    test's teardown ends every descendant) its files stay, and a later wrapper given the same
+    pid exits at once ("sem_open: File exists").
+    """
+    removed = []
+    for path in SHM.glob("*faketime_*"):
+        match = FAKETIME_FILE_RE.fullmatch(path.name)
+        if match and not alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

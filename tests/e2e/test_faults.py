@@ -25,11 +25,14 @@ from shared.redis import MICROS, redis_time_micros
 from shared.status import Status
 from shared.tasks import RUNNER
 from tests.helpers import (
+    SHM,
     WORKERS_PER_PROCESS,
     Process,
     RedisServer,
     Reply,
+    alive,
     call,
+    clear_stale_faketime_files,
     default_env,
     free_port,
     index_status,
@@ -58,10 +61,12 @@ FAKETIME = shutil.which("faketime")
 
 
 @pytest.fixture
-def faketime() -> str:
-    """Return the faketime binary; its absence fails the test (`make test` installs it)."""
+def faketime() -> Iterator[str]:
+    """Return the faketime binary; its absence fails the test (`make test` installs it). The
+    files of the wrappers the test ended are removed after it."""
     assert FAKETIME, "faketime is not installed: run `make test`, or apt-get install faketime"
-    return FAKETIME
+    yield FAKETIME
+    clear_stale_faketime_files()
 
 
 def listing(port: int, since_seconds: float = 600) -> dict[str, str]:
@@ -471,3 +476,20 @@ def start_worker_at(env: dict[str, str], offset: str | None, name: str) -> Proce
     if offset is None:
         return start_worker(env, name=name)
     return start_skewed_worker(env, offset, name=name)
+
+
+def test_stale_faketime_files_are_cleared_and_live_ones_kept() -> None:
+    """The files of a faketime wrapper that is gone are removed; a running one's are kept."""
+    dead = next(pid for pid in range(4_194_303, 4_000_000, -1) if not alive(pid))
+    stale = [SHM / f"sem.faketime_sem_{dead}", SHM / f"faketime_shm_{dead}"]
+    live = SHM / f"faketime_shm_{os.getpid()}"
+    other = SHM / f"faketime-unrelated-{dead}"
+    for path in [*stale, live, other]:
+        path.write_bytes(b"x")
+    try:
+        assert sorted(clear_stale_faketime_files()) == sorted(stale)
+        assert not any(path.exists() for path in stale)
+        assert live.exists() and other.exists()
+    finally:
+        for path in (live, other):
+            path.unlink(missing_ok=True)
