@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 from redis.exceptions import OutOfMemoryError
 from rq.job import JobStatus
 from rq.serializers import DefaultSerializer
@@ -193,7 +194,8 @@ WINDOW_LUA = (
     OPEN_LUA
     + """
 local now, marker, length, fence = open()
-local from, to = '(' .. text(low(now)), text(fence)
+local start = low(now)
+local from, to = '(' .. text(start), text(fence)
 local counts, total, small = {}, 0, marker == 1
 for i = 4, #KEYS do
   local n = redis.call('ZCOUNT', KEYS[i], from, to)
@@ -201,7 +203,7 @@ for i = 4, #KEYS do
   total = total + n
   if n >= tonumber(ARGV[3]) then small = false end
 end
-local reply = {text(now), marker, length, text(fence), text(low(now)), counts}
+local reply = {text(now), marker, length, text(fence), text(start), counts}
 if small and total <= tonumber(ARGV[4]) then
   for i = 4, #KEYS do
     reply[#reply + 1] = redis.call('ZRANGEBYSCORE', KEYS[i], from, to)
@@ -407,11 +409,23 @@ class StatusIndex:
         self._first_read = connection.register_script(FIRST_READ_LUA)
         self._window = connection.register_script(WINDOW_LUA)
         self._page = connection.register_script(PAGE_LUA)
-        self._index_keys = keys.status_index_keys()
 
     def _read_keys(self, queue_name: str, sets: Sequence[str]) -> list[str]:
         """Return the keys of a read script: marker, queue list, clock, then the sets read."""
         return [keys.marker_key(), keys.rq_queue_key(queue_name), keys.clock_key(), *sets]
+
+    def _run_read(
+        self,
+        script: Script,
+        queue_name: str,
+        chosen: list[tuple[Status, str]],
+        args: list[str | int],
+    ) -> tuple[int, int, int, list[Any]]:
+        """Run a read script (OPEN_LUA's opening first); return the queue length, the fence, the
+        read's start (exclusive) and the rest of its reply. Raise if there is no index here."""
+        reply = script(keys=self._read_keys(queue_name, [key for _, key in chosen]), args=args)
+        _require_marker(reply[1])
+        return int(reply[2]), int(reply[3]), int(reply[4]), reply[5:]
 
     def _open_unrecorded(self, queue_name: str) -> tuple[int, int, int]:
         """Return the Redis time of a read, its fence and the queue length, without recording
@@ -451,25 +465,23 @@ class StatusIndex:
         chosen = [(status, keys.status_index_key(status)) for status in statuses]
         start = Start(since_seconds, after)
         try:
-            reply = self._window(
-                keys=self._read_keys(queue_name, [key for _, key in chosen]),
-                args=[*_start_args(start), size, SMALL_WINDOW],
+            queue_length, fence, after, read = self._run_read(
+                self._window, queue_name, chosen, [*_start_args(start), size, SMALL_WINDOW]
             )
         except OutOfMemoryError:
             now, fence, queue_length = self._open_unrecorded(queue_name)
             low = f"({start.exclusive(now)}"
         else:
-            _require_marker(reply[1])
-            queue_length, fence, low = int(reply[2]), int(reply[3]), f"({int(reply[4])}"
-            if len(reply) > 6:
+            low = f"({after}"
+            if len(read) > 1:
                 # A small window, read whole with its opening: one consistent snapshot.
                 return Window(
-                    ids=[(s, ids) for (s, _), ids in zip(chosen, reply[6:], strict=True)],
+                    ids=[(s, ids) for (s, _), ids in zip(chosen, read[1:], strict=True)],
                     queue_length=queue_length,
                     complete=True,
                     rest=iter(()),
                     fence=fence,
-                    counts=_counts(chosen, reply[5]) if counts else None,
+                    counts=_counts(chosen, read[0]) if counts else None,
                 )
         # A larger window: plain replies cost Redis half of what a script's do, and one MULTI
         # keeps the first batches one consistent snapshot.
@@ -576,19 +588,16 @@ class StatusIndex:
         chosen = [(status, keys.status_index_key(status)) for status in statuses]
         counts_arg = "" if not counts else "low" if counted_from is None else str(counted_from)
         try:
-            reply = self._page(
-                keys=self._read_keys(queue_name, [key for _, key in chosen]),
-                args=[*_start_args(start), scan, counts_arg],
+            queue_length, fence, after, read = self._run_read(
+                self._page, queue_name, chosen, [*_start_args(start), scan, counts_arg]
             )
         except OutOfMemoryError:
             ranges, counted, fence, queue_length, after = self._page_unrecorded(
                 start, queue_name, chosen, scan, counts, counted_from
             )
         else:
-            _require_marker(reply[1])
-            queue_length, fence, after = int(reply[2]), int(reply[3]), int(reply[4])
-            ranges = [_pairs(flat) for flat in reply[5]]
-            counted = reply[6] if counts else []
+            ranges = [_pairs(flat) for flat in read[0]]
+            counted = read[1] if counts else []
         # The `scan` lowest entries of all the sets are among the `scan` lowest of each.
         merged = sorted(
             (int(score), member, status)
