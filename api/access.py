@@ -10,7 +10,9 @@ import secrets
 import time
 
 from flask import Response, g, request
+from werkzeug.routing import Rule
 
+from api.handover import handover
 from api.request_metrics import observe_request
 
 logger = logging.getLogger(__name__)
@@ -40,11 +42,19 @@ class RequestIds:
 request_ids = RequestIds()
 
 
+def request_id_of(given: str) -> str:
+    """Return the request id to answer with: the caller's `given` one when plain, else a new one."""
+    return given if REQUEST_ID_RE.fullmatch(given) else request_ids.next()
+
+
 def start_request() -> None:
-    """Start the request's timer and settle its request id."""
+    """Start the request's timer and settle its request id (the fast poll's, when it began)."""
+    handed = handover()
+    if handed is not None:
+        g.started, g.request_id = handed.started, handed.request_id
+        return
     g.started = time.perf_counter()
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if REQUEST_ID_RE.fullmatch(given) else request_ids.next()
+    g.request_id = request_id_of(request.headers.get(REQUEST_ID_HEADER, ""))
 
 
 def finish_request(resp: Response) -> Response:
@@ -56,8 +66,22 @@ def finish_request(resp: Response) -> Response:
     method, mount, status = request.method, request.script_root, resp.status_code
     # The full path, /dashboard included when the mounted dashboard answered.
     path = mount + request.path
+    account(method, path, status, duration_ms, request_id, request.url_rule, mount)
+    return resp
+
+
+def account(
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float,
+    request_id: str,
+    rule: Rule | None,
+    mount: str = "",
+) -> None:
+    """Count an answered request in the latency histogram and log its one line."""
     try:
-        observe_request(method, request.url_rule, status, duration_ms / 1000, mount)
+        observe_request(method, rule, status, duration_ms / 1000, mount)
     except Exception:
         # Metrics must never turn an answer into an error (say, a metrics directory removed).
         logger.exception("could not record the request's metrics")
@@ -76,4 +100,3 @@ def finish_request(resp: Response) -> Response:
             "duration_ms": round(duration_ms, 2),
         },
     )
-    return resp

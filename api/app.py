@@ -12,9 +12,11 @@ from api.access import finish_request, start_request
 from api.context import EXTENSION
 from api.dashboard import app as dashboard
 from api.encoding import FastJSONProvider
+from api.fast_poll import FastPoll
 from api.handlers import register_error_handlers
 from shared import tasks
 from shared.logs import configure_logging
+from shared.redis import TrustingConnectionPool, connect
 from shared.settings import Settings
 from shared.wiring import build_services
 
@@ -37,7 +39,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Flask would answer OPTIONS itself with an empty text/html 200; let it be a JSON 405.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    svc = build_services(settings)
+    # The API's Redis pool skips redis-py's per-checkout probe (shared/redis.py says why).
+    svc = build_services(settings, connect(settings, TrustingConnectionPool))
     app.extensions[EXTENSION] = svc
     try:
         svc.index.mark()
@@ -55,4 +58,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     dashboard.mount(app, svc)
     app.after_request(finish_request)
     register_error_handlers(app)
+    # Outermost: the plain poll is answered before Flask's dispatch (api/fast_poll.py).
+    app.wsgi_app = FastPoll(app)  # type: ignore[method-assign]
     return app

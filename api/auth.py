@@ -40,7 +40,11 @@ def bearer_token(header: str) -> str:
 
 
 def _is_key(given: str) -> bool:
-    expected = services().settings.require_api_key().encode()
+    return is_key(given, services().settings.require_api_key().encode())
+
+
+def is_key(given: str, expected: bytes) -> bool:
+    """Return whether `given` (a header's value) is the key `expected`, in constant time."""
     # compare_digest takes the same time wherever the first difference lies.
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected)
 

@@ -12,6 +12,7 @@ from werkzeug.wsgi import get_content_length
 
 from api.context import services
 from api.errors import ApiError
+from api.handover import handover
 from api.validation import parse_body
 
 logger = logging.getLogger(__name__)
@@ -19,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 def request_body() -> dict[str, Any]:
     """Return the request's JSON object body (`{}` when empty), or raise why it has none."""
+    handed = handover()
+    if "body" not in g and handed is not None:
+        # Read and parsed (or failed) already, in the fast poll.
+        g.body = handed.body
     if "body" not in g:
         # The outcome is kept, failure included: the error answer's client `id` comes from
         # here too, and a malformed body is not read or parsed a second time for it.
@@ -40,7 +45,17 @@ class BodyTimeoutError(Exception):
 
 def _read_limited() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    environ = request.environ
+    return read_body(request.environ, limit, services().settings.body_timeout)
+
+
+def body_of(environ: dict[str, Any], limit: int, seconds: float) -> dict[str, Any]:
+    """Return the JSON object body of the WSGI request `environ` (as `read_body` reads it)."""
+    return parse_body(read_body(environ, limit, seconds))
+
+
+def read_body(environ: dict[str, Any], limit: int, seconds: float) -> bytes:
+    """Return the body of the WSGI request `environ`, at most `limit` bytes, read within
+    `seconds`; raise the error to answer when it is too large, too slow or cut short."""
     # The server's own stream, read as far as Content-Length says (PEP 3333), as werkzeug's
     # request.stream would, without its wrapper. A chunked upload (no Content-Length), which
     # request.stream would silently cut at the limit, is read one byte past it, to tell "too
@@ -49,7 +64,6 @@ def _read_limited() -> bytes:
     if length is not None and length > limit:
         raise RequestEntityTooLarge()
     stream = environ["wsgi.input"]
-    seconds = services().settings.body_timeout
     # One deadline for the whole body, so that a client trickling it a byte at a time holds its
     # connection no longer than one that stalls. Under gunicorn's gevent worker the read waits
     # in the hub, where the timeout interrupts it; Flask's test client never waits, so never.

@@ -80,6 +80,16 @@ def cursor_key(api_key: str) -> bytes:
     return hmac.new(api_key.encode(), b"toolkit-jobs cursor", hashlib.sha256).digest()
 
 
+def answer_fields(
+    fence: int, next_cursor: str | None, counts: dict[Status, int] | None
+) -> dict[str, Any]:
+    """Return the change feed's fields of an answer (docs/changes-feed.md)."""
+    fields: dict[str, Any] = {"server_time": server_time(fence), "next_cursor": next_cursor}
+    if counts is not None:
+        fields["counts"] = {status.value: n for status, n in counts.items()}
+    return fields
+
+
 def from_body(body: Mapping[str, Any], retention_seconds: int, *, key: bytes) -> FeedQuery:
     """Return the query of a JSON request body; refuse fields it does not know. `key` checks
     the cursor's signature."""

@@ -16,12 +16,13 @@ from api.body import request_body
 from api.context import services
 from api.encoding import statuses_json, streamed_envelope, streamed_statuses
 from api.errors import ApiError
+from api.handover import handover
 from api.request_metrics import REFUSED_SUBMISSIONS
 from api.responses import UNKNOWN, reply
 from api.waiting import wait_for_end
 from shared import keys, tasks
 from shared.delivery import WebhookPolicy, read_state, waiting_state
-from shared.index import FINAL_STATUSES, Batch, Facets
+from shared.index import FINAL_STATUSES, Batch, Facets, Window
 from shared.job import TrackedJob, error_message, log_transition
 from shared.queue import MemoryFullError, QueueFullError
 from shared.status import Status, from_rq
@@ -74,19 +75,13 @@ def _changes(query: feed.FeedQuery) -> Response:
             "success",
             response={job_id.decode(): status.value for job_id, status in page.ids},
             queue_length=page.queue_length,
-            **_feed_fields(page.fence, following, page.counts),
+            **feed.answer_fields(page.fence, following, page.counts),
         )
 
     # The whole window at once: the original answer. Read before the answer starts: a Redis
     # failure or a missing index still sets its status.
-    window = svc.index.window(
-        query.start.seconds,
-        svc.settings.queue_name,
-        after=query.start.after,
-        statuses=query.listed,
-        counts=query.counts,
-    )
-    extra = _feed_fields(window.fence, None, window.counts)
+    window = _window(query)
+    extra = feed.answer_fields(window.fence, None, window.counts)
     if window.complete:
         response = statuses_json(_of_facets(window.ids, query.facets))
         return reply(200, "success", response=response, queue_length=window.queue_length, **extra)
@@ -105,6 +100,23 @@ def _changes(query: feed.FeedQuery) -> Response:
     return Response(body, status=200, mimetype="application/json")
 
 
+def _window(query: feed.FeedQuery) -> Window:
+    """Return the whole window's first read, unless the fast poll read it (or failed to)."""
+    handed = handover()
+    if handed is not None and handed.error is not None:
+        raise handed.error
+    if handed is not None and handed.window is not None:
+        return handed.window
+    svc = services()
+    return svc.index.window(
+        query.start.seconds,
+        svc.settings.queue_name,
+        after=query.start.after,
+        statuses=query.listed,
+        counts=query.counts,
+    )
+
+
 def _of_facets(batch: Batch, facets: Facets) -> Batch:
     """Return the ids of `batch` whose jobs are of `facets` (all of them without facets)."""
     if not facets:
@@ -115,16 +127,6 @@ def _of_facets(batch: Batch, facets: Facets) -> Batch:
         keep = index.matching(members, facets) if members else []
         kept.append((status, [m for m, ok in zip(members, keep, strict=True) if ok]))
     return kept
-
-
-def _feed_fields(
-    fence: int, next_cursor: str | None, counts: dict[Status, int] | None
-) -> dict[str, Any]:
-    """Return the change feed's fields of an answer (docs/changes-feed.md)."""
-    fields: dict[str, Any] = {"server_time": feed.server_time(fence), "next_cursor": next_cursor}
-    if counts is not None:
-        fields["counts"] = {status.value: n for status, n in counts.items()}
-    return fields
 
 
 @bp.post("/v1/toolkit/job/status")
