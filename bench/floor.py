@@ -177,15 +177,16 @@ def bare_process(redis_url: str, answer: Path) -> Iterator[int]:
 
 # The stages of one poll: (label, file suffix, function name), timed inclusive of what they call.
 STAGES = [
-    ("whole request (Flask's wsgi_app)", "flask/app.py", "wsgi_app"),
-    ("request id and timer (start_request)", "api/access.py", "start_request"),
-    ("API key check (require_api_key)", "api/auth.py", "require_api_key"),
-    ("body read and parse (request_body)", "api/body.py", "request_body"),
+    ("whole request (FastPoll: the plain poll, before Flask)", "api/fast_poll.py", "__call__"),
+    ("API key check (is_key)", "api/auth.py", "is_key"),
+    ("request id (request_id_of)", "api/access.py", "request_id_of"),
+    ("body read and parse (body_of)", "api/body.py", "body_of"),
     ("query check (feed.from_body)", "api/feed.py", "from_body"),
     ("index read: one script, fence and ids (StatusIndex.window)", "shared/index.py", "window"),
+    ("  of which the pool checkout (get_connection)", "shared/redis.py", "get_connection"),
     ("{id: status} JSON (statuses_json)", "api/encoding.py", "statuses_json"),
-    ("envelope and encoding (reply)", "api/responses.py", "reply"),
-    ("log line and metrics (finish_request)", "api/access.py", "finish_request"),
+    ("envelope and encoding (encode)", "api/encoding.py", "encode"),
+    ("log line and metrics (account)", "api/access.py", "account"),
     ("  of which the metrics (observe_request)", "api/request_metrics.py", "observe_request"),
     ("  of which the log line (Logger.info)", "logging/__init__.py", "info"),
 ]
