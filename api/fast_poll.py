@@ -33,6 +33,7 @@ from api.encoding import encode, statuses_json
 from api.errors import ApiError
 from api.handover import HANDOVER, Handover
 from shared.envelope import envelope
+from shared.index import Window
 from shared.wiring import Services
 
 PATH = "/v1/toolkit/jobs/status"
@@ -106,8 +107,25 @@ class FastPoll:
         if not window.complete:
             handed = Handover(started, request_id, body, window=window)
             return self._hand_over(environ, start_response, handed)
+        try:
+            answer = self._answer(body, window, started)
+        except Exception as exc:
+            # An error of ours: Flask's handler answers it (a JSON 500), as on its own path.
+            handed = Handover(started, request_id, body, error=exc)
+            return self._hand_over(environ, start_response, handed)
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(answer))),
+            ("X-Request-ID", request_id),
+        ]
+        duration_ms = (time.perf_counter() - started) * 1000
+        account("POST", PATH, 200, duration_ms, request_id, self._rule)
+        start_response("200 OK", headers)
+        return [answer]
 
-        answer = encode(
+    def _answer(self, body: dict[str, Any], window: Window, started: float) -> bytes:
+        settings = self._svc.settings
+        return encode(
             envelope(
                 code=200,
                 message="success",
@@ -121,15 +139,6 @@ class FastPoll:
                 **feed.answer_fields(window.fence, None, window.counts),
             )
         )
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(answer))),
-            ("X-Request-ID", request_id),
-        ]
-        duration_ms = (time.perf_counter() - started) * 1000
-        account("POST", PATH, 200, duration_ms, request_id, self._rule)
-        start_response("200 OK", headers)
-        return [answer]
 
     def _hand_over(
         self, environ: dict[str, Any], start_response: Any, handed: Handover

@@ -20,7 +20,7 @@ class Handover:
     request_id: str
     # The JSON body, or why it could not be read or parsed (raised where Flask asks for it).
     body: dict[str, Any] | Exception
-    # Why the index read failed: raised again where Flask would have read the index.
+    # Why the read, or the answer after it, failed: raised where Flask would read the index.
     error: Exception | None = None
     # A window read already, too large to answer at once: Flask streams it.
     window: Window | None = None

@@ -19,6 +19,7 @@ from rq.job import JobStatus
 from werkzeug.test import TestResponse
 
 import api.body
+import api.fast_poll
 from api import request_metrics
 from api.context import EXTENSION
 from api.fast_poll import FastPoll
@@ -285,6 +286,22 @@ def test_an_unexpected_error_is_a_json_500_after_one_read(
     body = assert_envelope(send(fast, b"{}", AUTH), 500)
     assert body["message"] == "Internal server error"
     assert calls == [1]
+
+
+def test_an_error_building_the_answer_is_a_json_500_after_one_read(
+    apps: tuple[Flask, Flask], window_calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error of ours after the read (encoding the answer) is Flask's JSON 500, not a page."""
+    fast, _ = apps
+
+    def broken(obj: Any) -> bytes:
+        raise RuntimeError("a bug in the encoder")
+
+    monkeypatch.setattr(api.fast_poll, "encode", broken)
+    body = assert_envelope(send(fast, b'{"id": "e"}', AUTH), 500)
+    assert body["message"] == "Internal server error"
+    assert body["id"] == "e"
+    assert window_calls == [1]
 
 
 def test_a_window_too_large_for_one_read_is_streamed_from_that_read(
