@@ -30,7 +30,6 @@ from api.auth import API_KEY_HEADER, is_key
 from api.body import body_of
 from api.context import EXTENSION
 from api.encoding import encode, statuses_json
-from api.errors import ApiError
 from api.handover import HANDOVER, Handover
 from shared.envelope import envelope
 from shared.index import Window
@@ -88,8 +87,8 @@ class FastPoll:
             return self._hand_over(environ, start_response, Handover(started, request_id, exc))
         try:
             query = feed.from_body(body, settings.retention_seconds, key=self._cursor_key)
-        except ApiError:
-            # Flask checks the same body again and answers the same 400.
+        except Exception:
+            # Flask checks the same body again and answers the same 400 (or its 500).
             return self._hand_over(environ, start_response, Handover(started, request_id, body))
         if query.limit is not None or query.facets:
             return self._hand_over(environ, start_response, Handover(started, request_id, body))

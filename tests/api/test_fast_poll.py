@@ -5,11 +5,14 @@ nothing read, parsed or asked of Redis twice."""
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gevent
 import pytest
 import redis
 from flask import Flask, request_started
@@ -31,6 +34,7 @@ from tests.helpers import (
     assert_envelope,
     record,
     scrape,
+    submit,
 )
 
 # Fields that differ between two answers of the same request: its timing, and the read's fence
@@ -186,6 +190,9 @@ def test_the_plain_poll_logs_and_counts_as_flask_does(
             resp = send(app, b"{}", {**AUTH, "X-Request-ID": f"mine-{name}"})
         assert_envelope(resp, 200)
         (lines[name],) = [r for r in caplog.records if r.name == "api.access"]
+        # run_time is rounded to 0.1 ms, duration_ms to 0.01 ms.
+        duration = lines[name].duration_ms / 1000  # type: ignore[attr-defined]
+        assert 0 <= resp.get_json()["run_time"] <= duration + 0.0001
         assert resp.headers["X-Request-ID"] == f"mine-{name}"
         assert scrape(app.test_client()).get(count, 0.0) - before == 1
     assert dispatched.count(JOBS_STATUS) == 1  # the plain app's only
@@ -313,10 +320,13 @@ def test_a_window_too_large_for_one_read_is_streamed_from_that_read(
 ) -> None:
     """A window past one read goes to Flask with the read done, streamed as Flask alone does."""
     fast, plain = apps
+    record(fast.extensions[EXTENSION].index, "job-d", JobStatus.FINISHED)
+    jobs = [*jobs, "job-d"]
     for app in apps:
         index = app.extensions[EXTENSION].index
-        # A batch of 1 id per status set: the three jobs no longer fit in one read.
-        monkeypatch.setattr(index, "window", functools.partial(index.window, batch=1))
+        # Batches of 2 ids: the two done jobs fill one, so they stream after the first read,
+        # which holds the whole of the other sets.
+        monkeypatch.setattr(index, "window", functools.partial(index.window, batch=2))
     answers, streamed = [], []
     for app in (fast, plain):
         answers.append(send(app, b'{"id": 1}', AUTH))
@@ -338,3 +348,91 @@ def test_a_poll_without_redis_answers_503_through_the_fast_app(
     body = assert_envelope(client.post(JOBS_STATUS, json={"id": 3}, headers=AUTH), 503)
     assert body["message"] == "Failed to retrieve job statuses: Redis unavailable"
     assert body["id"] == 3
+
+
+HANDOVERS: dict[str, bytes] = {
+    "body not JSON": b'{"id": ',
+    "query refused": b'{"since_seconds": "soon"}',
+    "a page": b'{"limit": 1}',
+    "a facet": b'{"task": "echo"}',
+}
+
+
+@pytest.mark.parametrize("data", HANDOVERS.values(), ids=HANDOVERS)
+def test_every_handover_answers_and_logs_the_callers_request_id(
+    apps: tuple[Flask, Flask], caplog: pytest.LogCaptureFixture, data: bytes
+) -> None:
+    """Whatever the fast poll hands over, the answer and its log line keep the caller's id."""
+    fast, _ = apps
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        resp = send(fast, data, {**AUTH, "X-Request-ID": "caller-7"})
+    assert resp.status_code in (200, 400)
+    assert resp.headers["X-Request-ID"] == "caller-7"
+    (line,) = [r for r in caplog.records if r.name == "api.access"]
+    assert line.request_id == "caller-7"  # type: ignore[attr-defined]
+
+
+def test_a_plain_poll_without_a_request_id_gets_a_fresh_one_each_time(
+    apps: tuple[Flask, Flask],
+) -> None:
+    """Polls that bring no X-Request-ID each get a new id of their own."""
+    fast, _ = apps
+    ids = [send(fast, b"{}", AUTH).headers["X-Request-ID"] for _ in range(3)]
+    assert len(set(ids)) == 3
+    assert all(len(request_id) == 32 for request_id in ids)
+
+
+def test_a_body_slower_than_body_timeout_is_a_408_from_the_fast_poll(
+    make_app: Callable[..., Flask],
+) -> None:
+    """The fast poll reads the body under BODY_TIMEOUT, as the Flask path does: a JSON 408."""
+    app = make_app(body_timeout=1)
+    assert isinstance(app.wsgi_app, FastPoll)
+
+    class Trickle(io.RawIOBase):
+        """A body whose bytes come after longer than the timeout."""
+
+        def read(self, size: int = -1) -> bytes:
+            gevent.sleep(5)
+            return b"{}"
+
+    started = time.monotonic()
+    resp = app.test_client().post(
+        JOBS_STATUS, data=b"{}", headers=AUTH, environ_overrides={"wsgi.input": Trickle()}
+    )
+    body = assert_envelope(resp, 408)
+    assert body["message"] == "Request body not received within 1 seconds"
+    assert time.monotonic() - started < 4
+
+
+def test_a_page_and_its_cursor_through_the_fast_app(
+    apps: tuple[Flask, Flask], jobs: list[str], client: FlaskClient
+) -> None:
+    """A page and the next one by its cursor: the queue's length, "success", every job once."""
+    fast, _ = apps
+    submit(client)  # one job waiting in the queue
+    first = assert_envelope(send(fast, b'{"limit": 2}', AUTH), 200)
+    assert first["message"] == "success"
+    assert first["queue_length"] == 1
+    cursor = json.dumps({"cursor": first["next_cursor"]}).encode()
+    rest = assert_envelope(send(fast, cursor, AUTH), 200)
+    assert rest["queue_length"] == 1
+    listed = [*first["response"], *rest["response"]]
+    assert sorted(listed) == sorted({*jobs, *listed}) and set(jobs) <= set(listed)
+    assert len(listed) == len(set(listed))
+
+
+def test_a_streamed_window_with_a_facet_lists_only_the_facets_jobs(
+    apps: tuple[Flask, Flask], client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window past one read, filtered by task, streams only that task's jobs."""
+    fast, _ = apps
+    echoes = {submit(client, "echo") for _ in range(3)}
+    sleeper = submit(client, "sleep", {"seconds": 0})
+    index = fast.extensions[EXTENSION].index
+    monkeypatch.setattr(index, "window", functools.partial(index.window, batch=2))
+    resp = send(fast, b'{"task": "echo"}', AUTH)
+    assert resp.is_streamed
+    listed = set(assert_envelope(resp, 200)["response"])
+    assert listed == echoes
+    assert sleeper not in listed
