@@ -436,3 +436,79 @@ def test_a_streamed_window_with_a_facet_lists_only_the_facets_jobs(
     listed = set(assert_envelope(resp, 200)["response"])
     assert listed == echoes
     assert sleeper not in listed
+
+
+def test_the_plain_poll_starts_its_answer_as_a_wsgi_server_needs(
+    apps: tuple[Flask, Flask], jobs: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Called as gunicorn calls it: "200 OK", the JSON type, the length, the id; and a logged
+    duration within the call's own time."""
+    fast, _ = apps
+    data = b'{"since_seconds": 60}'
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": JOBS_STATUS,
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_LENGTH": str(len(data)),
+        "HTTP_X_API_KEY": API_KEY,
+        "HTTP_X_REQUEST_ID": "wsgi-1",
+        "wsgi.input": io.BytesIO(data),
+        "wsgi.url_scheme": "http",
+    }
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+    before = time.perf_counter()
+    with caplog.at_level(logging.INFO, logger="api.access"):
+        answer = b"".join(fast.wsgi_app(environ, lambda s, h, e=None: started.append((s, h))))
+    elapsed_ms = (time.perf_counter() - before) * 1000
+    assert started == [
+        (
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(answer))),
+                ("X-Request-ID", "wsgi-1"),
+            ],
+        )
+    ]
+    assert set(json.loads(answer)["response"]) == set(jobs)
+    (line,) = [r for r in caplog.records if r.name == "api.access"]
+    assert 0 < line.duration_ms <= elapsed_ms + 0.01  # type: ignore[attr-defined]
+
+
+def _down(*args: Any, **kwargs: Any) -> Any:
+    raise RedisConnectionError("Connection refused.")
+
+
+def _broken(obj: Any) -> bytes:
+    raise RuntimeError("a bug in the encoder")
+
+
+LATE_HANDOVERS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "Redis down": ("index", lambda index: _down),
+    "window past one read": ("index", lambda index: functools.partial(index.window, batch=1)),
+    "answer failed": ("encode", lambda index: _broken),
+}
+
+
+@pytest.mark.parametrize(("target", "make"), LATE_HANDOVERS.values(), ids=LATE_HANDOVERS)
+def test_a_handover_after_the_read_keeps_the_callers_request_id(
+    apps: tuple[Flask, Flask],
+    jobs: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    make: Callable[[Any], Any],
+) -> None:
+    """A failed read, a window streamed, an answer that failed: the caller's id comes back."""
+    fast, _ = apps
+    index = fast.extensions[EXTENSION].index
+    if target == "index":
+        monkeypatch.setattr(index, "window", make(index))
+    else:
+        monkeypatch.setattr(api.fast_poll, "encode", make(index))
+    resp = send(fast, b"{}", {**AUTH, "X-Request-ID": "caller-9"})
+    resp.get_data()
+    assert resp.status_code in (200, 500, 503)
+    assert resp.headers["X-Request-ID"] == "caller-9"
