@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 import api.body
-from tests.helpers import AUTH
+from tests.helpers import AUTH, JOBS_STATUS
 
 
 @pytest.fixture
@@ -103,3 +104,26 @@ def test_a_body_is_read_up_to_its_content_length_only(
     )
     assert resp.status_code == 200
     assert parses == [b'{"since_seconds": 60}']
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_a_body_is_never_read_for_the_id_of_a_method_without_one(
+    client: FlaskClient, parses: list[bytes], method: str
+) -> None:
+    """GET, HEAD and OPTIONS answers carry no client id: a body sent with them is not parsed."""
+    resp = client.open(JOBS_STATUS, method=method, data=b'{"id": 9}', headers=AUTH)
+    assert resp.status_code in (200, 405)
+    if method != "HEAD":
+        assert resp.get_json()["id"] is None
+    assert parses == []
+
+
+def test_a_body_without_a_readable_id_logs_why_at_debug(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused body's answer has no id, and the debug log says why, in words."""
+    with caplog.at_level(logging.DEBUG, logger="api.body"):
+        resp = client.post("/v1/toolkit/jobs", data=b'{"id": 7, "task": ', headers=AUTH)
+    assert resp.get_json()["id"] is None
+    messages = [r.getMessage() for r in caplog.records if r.name == "api.body"]
+    assert any(m.startswith("no client id in the body: ") for m in messages), messages
