@@ -26,4 +26,6 @@ def fingerprint(body: dict[str, Any]) -> str:
     asked = {name: body.get(name) for name in FINGERPRINTED}
     asked["payload"] = body.get("payload", {})
     text = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    # A lone surrogate escape ("\ud800") is valid JSON but no UTF-8: kept as its own bytes, so
+    # every other request's digest stays what it was.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

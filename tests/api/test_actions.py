@@ -260,6 +260,7 @@ def test_cancel_of_a_running_job_waits_for_its_stop(
     body = assert_envelope(cancel.answer(), 200)
     assert time.monotonic() - stopped_at < PROMPT
     assert body["message"] == "canceled"
+    assert body["job_id"] == job_id
     assert body["response"]["job_status"] == "canceled"
     assert tally.moved() == {("cancel", "stopped"): 1}
 
@@ -278,6 +279,7 @@ def test_cancel_of_a_running_job_that_finishes_meanwhile_is_a_conflict(
     job.set_status(JobStatus.FINISHED)
     body = assert_envelope(cancel.answer(), 409)
     assert body["message"] == "Job already done: nothing to cancel"
+    assert body["job_id"] == job_id
     assert tally.moved() == {("cancel", "conflict"): 1}
 
 
@@ -670,6 +672,128 @@ def test_a_cancel_that_always_collides_gives_up_with_a_conflict(
     assert tally.moved() == {("cancel", "conflict"): 1}
 
 
+@pytest.mark.parametrize("change", ["done", "deleted"])
+def test_a_job_changed_between_the_look_and_the_cancel_is_looked_at_again(
+    client: FlaskClient,
+    conn: redis.Redis,
+    run_worker: Callable[..., TrackingMixin],
+    monkeypatch: pytest.MonkeyPatch,
+    tally: Tally,
+    change: str,
+) -> None:
+    """A waiting job that a worker runs to done (or that is deleted) after the cancel read it
+    as waiting is not canceled: the cancel looks again and answers 409 "already done" (404)."""
+    real = actions._cancel_waiting
+    calls: list[str] = []
+
+    def changed_first(job: Job) -> actions.Waiting:
+        if not calls:
+            if change == "done":
+                run_worker()
+            else:
+                TrackedJob.fetch(job.id, connection=conn).delete()
+        calls.append(job.id)
+        return real(job)
+
+    monkeypatch.setattr(actions, "_cancel_waiting", changed_first)
+    job_id = submit(client, "echo", {"n": 4})
+    if change == "done":
+        body = act(client, JOB_CANCEL, job_id, 409)
+        assert body["message"] == "Job already done: nothing to cancel"
+        assert describe_job(client, job_id)["result"] == {"n": 4}
+        assert index_status(conn, job_id) is Status.DONE
+        assert tally.moved() == {("cancel", "conflict"): 1}
+    else:
+        assert act(client, JOB_CANCEL, job_id, 404)["message"] == "Job not found"
+        assert not conn.exists(keys.rq_job_key(job_id))
+        assert tally.moved() == {}
+    assert calls == [job_id]
+    assert job_id not in CanceledJobRegistry("default", connection=conn).get_job_ids()
+
+
+def test_a_job_started_under_the_cancels_transaction_is_not_canceled(
+    client: FlaskClient, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, tally: Tally
+) -> None:
+    """A job marked started between the cancel's look and its transaction (its queue list as it
+    was) is not canceled under its worker: the cancel looks again and asks for its stop."""
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", 0.3)
+    real = TrackedJob.cancel
+    calls: list[str] = []
+
+    def started_first(job: TrackedJob, *args: Any, **kwargs: Any) -> None:
+        if not calls:
+            mark_running(conn, job.id)
+        calls.append(job.id)
+        real(job, *args, **kwargs)
+
+    monkeypatch.setattr(TrackedJob, "cancel", started_first)
+    job_id = submit(client)
+    queued = waiting_ids(conn)
+    body = act(client, JOB_CANCEL, job_id, 202)
+    assert body["message"].startswith("stop requested"), body["message"]
+    assert body["response"]["job_status"] == "running"
+    assert calls == [job_id]
+    assert waiting_ids(conn) == queued
+    assert rq_job(conn, job_id).get_status() == JobStatus.STARTED
+    assert job_id not in CanceledJobRegistry("default", connection=conn).get_job_ids()
+    assert index_status(conn, job_id) is Status.RUNNING
+    assert tally.moved() == {("cancel", "stopping"): 1}
+
+
+def test_a_running_job_that_ends_as_its_stop_is_asked_is_a_conflict(
+    client: FlaskClient, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, tally: Tally
+) -> None:
+    """A running job that ends done as its stop is asked for, before the cancel listens for its
+    end, is a 409 "already done": the cancel reads the end it missed, not a 202."""
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", 2.0)
+
+    def stop_as_it_finishes(connection: redis.Redis, job_id: str) -> None:
+        send_stop_job_command(connection, job_id)
+        TrackedJob.fetch(job_id, connection=conn).set_status(JobStatus.FINISHED)
+
+    monkeypatch.setattr(actions, "send_stop_job_command", stop_as_it_finishes)
+    job_id = submit(client)
+    mark_running(conn, job_id)
+    body = act(client, JOB_CANCEL, job_id, 409)
+    assert body["message"] == "Job already done: nothing to cancel"
+    assert index_status(conn, job_id) is Status.DONE
+    assert tally.moved() == {("cancel", "conflict"): 1}
+
+
+@pytest.mark.parametrize("state", ["running", "taken"])
+def test_the_stop_wait_bounds_the_whole_cancel(
+    client: FlaskClient,
+    conn: redis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    state: str,
+) -> None:
+    """A cancel waits for the job's end only what is left of STOP_WAIT_SECONDS once its stop is
+    asked for: nothing more when asking a taken job's worker used it all up."""
+    stop_wait = 0.3
+    monkeypatch.setattr(actions, "STOP_WAIT_SECONDS", stop_wait)
+    waits: list[float] = []
+    real = actions.wait_for_end
+
+    def recording(connection: redis.Redis, job_id: str, seconds: float, ended: Any) -> bool:
+        waits.append(seconds)
+        return real(connection, job_id, seconds, ended)
+
+    monkeypatch.setattr(actions, "wait_for_end", recording)
+    job_id = submit(client)
+    if state == "running":
+        mark_running(conn, job_id)
+    else:
+        take(conn, settings)
+    body = act(client, JOB_CANCEL, job_id, 202)
+    assert body["message"].startswith("stop requested"), body["message"]
+    assert len(waits) == 1, waits
+    if state == "running":
+        assert 0 <= waits[0] <= stop_wait
+    else:
+        assert waits == [0.0]
+
+
 # --- what a cancel leaves ----------------------------------------------------------------------
 
 
@@ -801,3 +925,4 @@ def test_a_running_job_gone_before_its_stop_is_not_found(
     monkeypatch.setattr(actions, "send_stop_job_command", gone)
     body = assert_envelope(post(client, JOB_CANCEL, {"job_id": job_id}), 404)
     assert body["message"] == "Job not found"
+    assert body["job_id"] == job_id

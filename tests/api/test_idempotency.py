@@ -366,3 +366,38 @@ def test_an_omitted_payload_is_the_same_request_as_an_empty_one(client: FlaskCli
     first = assert_envelope(post(client, JOBS, request, headers=keyed("k-empty")), 202)
     again = post(client, JOBS, {**request, "payload": {}}, headers=keyed("k-empty"))
     accepted(again, first["job_id"], replayed=True)
+
+
+# The canonical form of a keyed request's fingerprint, written out: the fields that make a
+# request (absent ones null, payload {} when omitted), keys sorted at every level, no spaces,
+# non-ASCII characters as themselves in UTF-8.
+CANONICAL = (
+    '{"id":"c-9","job_id":null,"payload":{"a":"zoë","b":[1,{"c":3,"d":2}]},'
+    '"task":"echo","webhook_url":null}'
+)
+
+
+def test_a_named_job_keeps_the_digest_of_its_canonical_request(
+    client: FlaskClient, conn: redis.Redis
+) -> None:
+    """A named job stores the SHA-256 of its request's canonical JSON (sorted keys, no spaces,
+    UTF-8): stored with the job for its retention, it must not change from one release to the
+    next, or a replay across an upgrade would be refused as a different request."""
+    request = {"task": "echo", "payload": {"b": [1, {"d": 2, "c": 3}], "a": "zoë"}, "id": "c-9"}
+    job_id = "idem-" + hashlib.sha256(b"k-canon").hexdigest()
+    accepted(post(client, JOBS, request, headers=keyed("k-canon")), job_id, replayed=False)
+    stored = Job.fetch(job_id, connection=conn).meta["request_sha256"]
+    assert stored == hashlib.sha256(CANONICAL.encode()).hexdigest()
+
+
+def test_a_lone_surrogate_in_a_named_request_is_answered_as_in_an_unnamed_one(
+    client: FlaskClient,
+) -> None:
+    """A payload holding a lone surrogate escape (valid JSON, "\\ud800") gets the same answer
+    named by an Idempotency-Key as unnamed, never a 500."""
+    raw = b'{"task": "echo", "payload": {"text": "\\ud800"}}'
+    headers = {**AUTH, "Content-Type": "application/json"}
+    unnamed = client.post(JOBS, data=raw, headers=headers)
+    named = client.post(JOBS, data=raw, headers={**headers, "Idempotency-Key": "k-surrogate"})
+    assert named.status_code != 500, named.get_data(as_text=True)
+    assert named.status_code == unnamed.status_code, named.get_data(as_text=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import math
 import random
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import fakeredis
@@ -223,6 +225,28 @@ def test_parse_state_treats_empty_fields_as_absent() -> None:
 
 def test_iso_times() -> None:
     """Epoch seconds are written as the API writes times."""
+    assert iso(0) == "1970-01-01T00:00:00.000Z"
+    assert iso(1614265330.999) == "2021-02-25T15:02:10.999Z"
+
+
+@pytest.fixture
+def far_timezone() -> Iterator[str]:
+    """Run the test with the process's local time zone set to India's (UTC+05:30), then put
+    the zone back."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TZ", "Asia/Kolkata")
+        time.tzset()
+        try:
+            yield "Asia/Kolkata"
+        finally:
+            patch.undo()
+            time.tzset()
+
+
+def test_iso_times_are_utc_whatever_the_local_zone(far_timezone: str) -> None:
+    """Epoch seconds are written in UTC (the "Z" they end with) on a host whose local time
+    zone is not UTC."""
+    assert time.strftime("%z", time.localtime(0)) == "+0530"
     assert iso(0) == "1970-01-01T00:00:00.000Z"
     assert iso(1614265330.999) == "2021-02-25T15:02:10.999Z"
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -854,3 +856,327 @@ def test_a_trickled_error_body_ends_the_try_within_three_timeouts(head: bytes) -
             assert answer.status == 503
         took = time.monotonic() - started
     assert took < 3 * timeout + 2, f"the try took {took:.1f} s"
+
+
+# --- what a try records and logs -------------------------------------------------------------
+
+
+def test_deliver_outside_an_rq_job_is_refused() -> None:
+    """Called as a plain function, not by an RQ worker, deliver() raises RuntimeError saying it
+    runs as an RQ job."""
+    with pytest.raises(RuntimeError) as caught:
+        webhooks.deliver("some-job", "done")
+    assert str(caught.value) == "deliver runs as an RQ job"
+
+
+def test_a_try_in_flight_shows_delivering(
+    hook_client: FlaskClient, work: Worker, conn: redis.Redis
+) -> None:
+    """While a try waits for the receiver's answer, the status shows it "delivering", counted
+    as an attempt, with no next attempt."""
+    seen: list[dict[str, Any]] = []
+    job: dict[str, str] = {}
+
+    def look(handler: http.server.BaseHTTPRequestHandler, stop: threading.Event) -> None:
+        seen.append(state(conn, job["id"]))
+        handler.send_response(200)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    with Scripted(look) as server:
+        job["id"] = submit(hook_client, "echo", {}, webhook_url=server.url)
+        work()
+        assert server.requests == [("POST", "/hook")]
+    assert seen == [
+        {
+            "state": "delivering",
+            "attempts": 1,
+            "last_status": None,
+            "last_error": None,
+            "delivered_at": None,
+            "next_attempt_at": None,
+        }
+    ]
+    assert state(conn, job["id"])["state"] == "delivered"
+
+
+def test_a_worker_without_the_secret_sends_nothing_and_says_why(
+    make_app: AppMaker, work: Worker, conn: redis.Redis, receiver: Receiver
+) -> None:
+    """A worker with no WEBHOOK_SECRET sends nothing unsigned: the try fails with an error
+    naming the variable, in the delivery state and in RQ's failure of the delivery job."""
+    client = make_app(webhook_allow_private=True, webhook_max_attempts=1).test_client()
+    job_id = submit(client, "echo", {}, webhook_url=receiver.url)
+    work(webhook_secret=None)
+    assert receiver.hits == []
+    found = state(conn, job_id)
+    assert found["state"] == "gave_up"
+    assert found["last_error"] == (
+        "WEBHOOK_SECRET is not set on the worker: nothing is sent unsigned"
+    )
+    assert found["last_status"] is None
+    assert outcomes(conn) == {"failed": 1, "gave_up": 1}
+    result = Job.fetch(delivery_id(conn, job_id), connection=conn).latest_result()
+    assert result is not None and result.exc_string is not None
+    assert result.exc_string.strip().endswith(f"DeliveryError: {found['last_error']}")
+
+
+LONG_LOCATION = "http://elsewhere.example/" + "x" * 300
+
+
+@pytest.mark.parametrize(
+    ("status", "head", "error"),
+    [
+        (300, {}, "HTTP 300: redirect to ? not followed"),
+        (
+            307,
+            {"Location": LONG_LOCATION},
+            f"HTTP 307: redirect to {LONG_LOCATION[:200]} not followed",
+        ),
+        (399, {}, "HTTP 399: redirect to ? not followed"),
+        (400, {}, "HTTP 400: refused"),
+    ],
+    ids=["300", "307-long-location", "399", "400"],
+)
+def test_an_answer_past_2xx_is_a_failed_try(
+    hook_client: FlaskClient,
+    work: Worker,
+    conn: redis.Redis,
+    status: int,
+    head: dict[str, str],
+    error: str,
+) -> None:
+    """Only 2xx delivers: from 300 on the try fails; a 3xx's error is the redirect not followed
+    (its Location cut to 200 characters), a 4xx's the start of its body."""
+    with Scripted(answer_with(status, head, b"refused")) as server:
+        job_id = submit(hook_client, "echo", {}, webhook_url=server.url)
+        work()
+        assert server.requests == [("POST", "/hook")]
+    found = state(conn, job_id)
+    assert (found["state"], found["last_status"], found["last_error"]) == (
+        "retrying",
+        status,
+        error,
+    )
+    assert outcomes(conn) == {"failed": 1}
+
+
+@pytest.mark.parametrize("loss", ["deleted", "no webhook"])
+def test_a_delivery_whose_job_is_gone_gives_up_at_once(
+    hook_client: FlaskClient,
+    work: Worker,
+    conn: redis.Redis,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+    loss: str,
+) -> None:
+    """A delivery whose job was deleted (or no longer carries a webhook) by the time it runs
+    gives up at its first try, saying why in its state and its log line, without a retry and
+    without sending anything."""
+    caplog.set_level(logging.INFO, logger=webhooks.__name__)
+    job_id = submit(hook_client, "echo", {}, webhook_url=receiver.url)
+    assert_envelope(post(hook_client, JOB_CANCEL, {"job_id": job_id}), 200)
+    job = TrackedJob.fetch(job_id, connection=conn)
+    if loss == "deleted":
+        job.delete()
+        why = f"job {job_id} no longer exists"
+    else:
+        del job.meta["webhook"]
+        job.save_meta()
+        why = f"job {job_id} has no webhook"
+    work()
+    assert receiver.hits == []
+    found = state(conn, job_id)
+    assert found["state"] == "gave_up"
+    assert found["attempts"] == 1
+    assert found["last_error"] == why
+    assert found["last_status"] is None
+    assert found["next_attempt_at"] is None
+    assert outcomes(conn) == {"gave_up": 1}
+    assert scheduled(conn) == []
+    assert hooks_waiting(conn) == 0
+    assert FinishedJobRegistry(HOOKS, connection=conn).get_job_ids() == [delivery_id(conn, job_id)]
+    assert webhook_log(caplog) == [(logging.WARNING, f"webhook of job {job_id}: gave_up ({why})")]
+
+
+def test_the_last_try_records_its_own_status(
+    make_app: AppMaker, work: Worker, conn: redis.Redis
+) -> None:
+    """A delivery that gives up shows the status its last try got, not an earlier try's."""
+    client = make_app(
+        webhook_allow_private=True, webhook_backoff_seconds=1, webhook_max_attempts=2
+    ).test_client()
+    with Receiver(answers=[500, 503]) as receiver:
+        job_id = submit(client, "echo", {}, webhook_url=receiver.url)
+        work()
+        assert state(conn, job_id)["last_status"] == 500
+        move_due(conn)
+        work()
+        assert len(receiver.hits) == 2
+    found = state(conn, job_id)
+    assert (found["state"], found["last_status"], found["last_error"]) == (
+        "gave_up",
+        503,
+        "HTTP 503: ok",
+    )
+
+
+def test_next_attempt_at_is_when_rqs_scheduler_finds_the_retry_due(
+    hook_client: FlaskClient, work: Worker, conn: redis.Redis
+) -> None:
+    """A failed try's next_attempt_at lies after the try, at the whole second RQ's scheduler
+    has the retry due (the failure is recorded a moment before RQ schedules it)."""
+    with Receiver(then=500) as receiver:
+        job_id = submit(hook_client, "echo", {}, webhook_url=receiver.url)
+        before = time.time()
+        work()
+        assert len(receiver.hits) == 1
+    found = state(conn, job_id)
+    assert found["state"] == "retrying"
+    next_at = datetime.fromisoformat(found["next_attempt_at"]).timestamp()
+    registry = ScheduledJobRegistry(HOOKS, connection=conn)
+    due = conn.zscore(registry.key, delivery_id(conn, job_id))
+    assert due is not None
+    assert next_at > before
+    assert due - 1 <= next_at <= due
+
+
+def answer_with(
+    status: int, head: dict[str, str], body: bytes
+) -> Callable[[http.server.BaseHTTPRequestHandler, threading.Event], None]:
+    """Return a Scripted answer: `status`, the headers `head` (Content-Length: the body's, unless
+    chunked), then `body` as it is."""
+    if "Transfer-Encoding" not in head:
+        head = {**head, "Content-Length": str(len(body))}
+
+    def answer(handler: http.server.BaseHTTPRequestHandler, stop: threading.Event) -> None:
+        handler.send_response(status)
+        for name, value in head.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "error"),
+    [
+        ({}, b"  bad \xff byte\n\n\n", "HTTP 500: bad \ufffd byte"),
+        ({}, b"", "HTTP 500"),
+        # A chunked body whose first chunk size is no number: the body cannot be read.
+        ({"Transfer-Encoding": "chunked"}, b"not-a-size\r\n\r\n", "HTTP 500"),
+    ],
+    ids=["invalid-utf-8", "empty", "unreadable"],
+)
+def test_a_failed_tries_error_quotes_the_answers_body(
+    hook_client: FlaskClient,
+    work: Worker,
+    conn: redis.Redis,
+    head: dict[str, str],
+    body: bytes,
+    error: str,
+) -> None:
+    """A non-2xx answer's error is its status and the start of its body, stripped, invalid
+    UTF-8 shown as U+FFFD; only the status when the body is empty or cannot be read."""
+    with Scripted(answer_with(500, head, body)) as server:
+        job_id = submit(hook_client, "echo", {}, webhook_url=server.url)
+        work()
+        assert server.requests == [("POST", "/hook")]
+    found = state(conn, job_id)
+    assert (found["state"], found["last_status"], found["last_error"]) == ("retrying", 500, error)
+
+
+def test_only_the_start_of_an_error_body_is_read(
+    make_app: AppMaker, work: Worker, conn: redis.Redis
+) -> None:
+    """A try reads RESPONSE_CAP bytes of a non-2xx answer's body and no more: it fails with the
+    receiver's status and words, never waiting for the rest of the body."""
+    client = make_app(
+        webhook_allow_private=True, webhook_timeout_seconds=1, webhook_max_attempts=1
+    ).test_client()
+    start = b"receiver busy: " + b"." * (webhooks.RESPONSE_CAP - 15)
+    assert len(start) == webhooks.RESPONSE_CAP
+    hung_up = threading.Event()
+
+    def part(handler: http.server.BaseHTTPRequestHandler, stop: threading.Event) -> None:
+        # The rest of the announced body would come once the worker hung up: never, for a try
+        # that reads it.
+        handler.send_response(503)
+        handler.send_header("Content-Length", str(2 * webhooks.RESPONSE_CAP))
+        handler.end_headers()
+        handler.wfile.write(start)
+        handler.wfile.flush()
+        handler.connection.settimeout(20)
+        with contextlib.suppress(OSError):
+            handler.connection.recv(1)
+        hung_up.set()
+
+    with Scripted(part) as server:
+        job_id = submit(client, "echo", {}, webhook_url=server.url)
+        work()
+        wait_until(hung_up.is_set)
+    found = state(conn, job_id)
+    assert found["state"] == "gave_up"
+    assert found["last_status"] == 503
+    assert found["last_error"] == "HTTP 503: " + start.decode()[:200]
+
+
+def test_a_deadline_firing_on_a_closed_socket_is_harmless(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A try's deadline that goes off once its socket is closed (the try ended just as the timer
+    fired) marks itself fired and raises nothing in its timer thread."""
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    closed = socket.socket()
+    closed.close()
+    deadline = webhooks._Deadline(0.3)
+    deadline.sock = closed
+    assert not deadline.fired, "the deadline went off before it held the socket"
+    wait_until(lambda: deadline.fired, timeout=5, interval=0.01)
+    deadline.timer.join(timeout=5)
+    assert not deadline.timer.is_alive()
+    assert errors == []
+
+
+def webhook_log(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """Return the (level, message) of every line the webhook delivery logged."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == webhooks.__name__]
+
+
+@pytest.mark.parametrize(
+    ("answers", "attempts", "level", "line"),
+    [
+        ([200], 3, logging.INFO, "delivered"),
+        ([410], 3, logging.WARNING, "gone (the receiver answered 410 Gone)"),
+        ([500], 3, logging.WARNING, "try failed (HTTP 500: ok); next at {next_at}"),
+        ([503], 1, logging.WARNING, "gave up (HTTP 503: ok)"),
+    ],
+    ids=["delivered", "gone", "retrying", "gave-up"],
+)
+def test_each_try_logs_one_line_naming_the_job(
+    make_app: AppMaker,
+    work: Worker,
+    conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    answers: list[int | str],
+    attempts: int,
+    level: int,
+    line: str,
+) -> None:
+    """Each try logs one line naming the job, its outcome and the error if any: INFO when
+    delivered, WARNING otherwise (a retry says when the next try is)."""
+    caplog.set_level(logging.INFO, logger=webhooks.__name__)
+    client = make_app(
+        webhook_allow_private=True, webhook_backoff_seconds=1, webhook_max_attempts=attempts
+    ).test_client()
+    with Receiver(answers=answers) as receiver:
+        job_id = submit(client, "echo", {}, webhook_url=receiver.url)
+        work()
+        assert len(receiver.hits) == 1
+    # The retry's line names the whole second its status shows as next_attempt_at.
+    next_attempt_at = state(conn, job_id)["next_attempt_at"]
+    next_at = datetime.fromisoformat(next_attempt_at).timestamp() if next_attempt_at else 0.0
+    said = line.format(next_at=f"{next_at:.0f}")
+    assert webhook_log(caplog) == [(level, f"webhook of job {job_id}: {said}")]
