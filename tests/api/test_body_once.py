@@ -126,4 +126,6 @@ def test_a_body_without_a_readable_id_logs_why_at_debug(
         resp = client.post("/v1/toolkit/jobs", data=b'{"id": 7, "task": ', headers=AUTH)
     assert resp.get_json()["id"] is None
     messages = [r.getMessage() for r in caplog.records if r.name == "api.body"]
-    assert any(m.startswith("no client id in the body: ") for m in messages), messages
+    assert any(
+        m.startswith("no client id in the body: ") and "not valid JSON" in m for m in messages
+    ), messages
