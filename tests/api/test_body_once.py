@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
 import api.body
 from tests.helpers import AUTH, JOBS_STATUS
-
-
-@pytest.fixture
-def parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Return the raw bodies api.body has parsed, one entry per parse."""
-    seen: list[bytes] = []
-    real = api.body.parse_body
-
-    def counting(raw: bytes) -> dict[str, Any]:
-        seen.append(raw)
-        return real(raw)
-
-    monkeypatch.setattr(api.body, "parse_body", counting)
-    return seen
 
 
 def test_malformed_body_is_parsed_once(client: FlaskClient, parses: list[bytes]) -> None:

@@ -220,17 +220,9 @@ def test_a_handed_over_poll_keeps_its_request_id_and_its_start(
 
 
 def test_a_body_handed_over_is_read_and_parsed_once(
-    apps: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
+    apps: tuple[Flask, Flask], parses: list[bytes]
 ) -> None:
     """A poll's body refused (400) or paged is parsed once, by the fast poll, never by Flask."""
-    parses: list[bytes] = []
-    real = api.body.parse_body
-
-    def counting(raw: bytes) -> dict[str, Any]:
-        parses.append(raw)
-        return real(raw)
-
-    monkeypatch.setattr(api.body, "parse_body", counting)
     fast, _ = apps
     for data in (b'{"id": 5, "since_seconds": "x"}', b'{"id": 5, "limit": 1}', b"{"):
         parses.clear()
